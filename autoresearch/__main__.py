@@ -1,0 +1,3 @@
+from autoresearch.cli import app
+
+app(prog_name="autoresearch")
