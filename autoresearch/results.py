@@ -1,0 +1,356 @@
+"""The run's records under results/<tag>/: results.tsv, run.json and run.lock.
+
+results.tsv is the night's ledger: one row per finished experiment, each written with a single
+write() and fsynced, so a kill -9 can at worst leave a torn last line, which is ignored when
+reading and cut off before the next append. run.json is replaced atomically. run.lock is an
+flock held by the running harness; the kernel drops it when that process dies, however it dies.
+"""
+
+import fcntl
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from autoresearch.errors import AutoresearchError
+
+COLUMNS: tuple[str, ...] = (
+    "commit",
+    "val_bpb",
+    "memory_gb",
+    "status",
+    "description",
+    "experiment",
+    "hypothesis",
+    "proposer",
+    "model",
+    "reason",
+    "training_seconds",
+    "total_seconds",
+    "num_steps",
+    "mfu_percent",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "started_at",
+    "wall_seconds",
+    "parent",
+)
+HEADER = "\t".join(COLUMNS) + "\n"
+
+_BREAKS = re.compile(r"[\t\r\n]+")
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC to the second, e.g. 2026-11-22T07:30:00Z."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clean(value: str) -> str:
+    return _BREAKS.sub(" ", value)
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+@dataclass
+class Row:
+    """One experiment, one line of results.tsv; the fields are the columns, in order."""
+
+    commit: str
+    val_bpb: float
+    memory_gb: float
+    status: str  # keep | discard | crash
+    description: str
+    experiment: int
+    hypothesis: str = ""
+    proposer: str = ""
+    model: str = ""
+    reason: str = ""
+    training_seconds: float | None = None
+    total_seconds: float | None = None
+    num_steps: int | None = None
+    mfu_percent: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    started_at: str = ""
+    wall_seconds: float | None = None
+    parent: str = ""
+
+    def to_fields(self) -> list[str]:
+        """The row as results.tsv text fields (a crash reads 0.000000 / 0.0, like upstream)."""
+        crash = self.status == "crash"
+        values = [
+            self.commit,
+            "0.000000" if crash else f"{self.val_bpb:.6f}",
+            "0.0" if crash else f"{self.memory_gb:.1f}",
+            self.status,
+            self.description,
+            str(self.experiment),
+            self.hypothesis,
+            self.proposer,
+            self.model,
+            self.reason,
+            _fixed(self.training_seconds, 1),
+            _fixed(self.total_seconds, 1),
+            "" if self.num_steps is None else str(self.num_steps),
+            _fixed(self.mfu_percent, 2),
+            str(self.input_tokens),
+            str(self.output_tokens),
+            f"{self.cost_usd:.6f}",
+            self.started_at,
+            _fixed(self.wall_seconds, 1),
+            self.parent,
+        ]
+        return [_clean(v) for v in values]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_fields(cls, values: dict[str, str]) -> "Row":
+        """Parse one line's fields keyed by column name; missing columns take their defaults."""
+        kwargs: dict = {}
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            raw = values[f.name]
+            kwargs[f.name] = _PARSERS.get(f.name, str)(raw)
+        for required in ("commit", "val_bpb", "memory_gb", "status", "description"):
+            kwargs.setdefault(required, _PARSERS.get(required, str)(""))
+        kwargs.setdefault("experiment", 0)
+        return cls(**kwargs)
+
+
+def _float(raw: str) -> float:
+    return float(raw) if raw else 0.0
+
+
+def _opt_float(raw: str) -> float | None:
+    return float(raw) if raw else None
+
+
+def _opt_int(raw: str) -> int | None:
+    return int(raw) if raw else None
+
+
+def _int(raw: str) -> int:
+    return int(raw) if raw else 0
+
+
+_PARSERS = {
+    "val_bpb": _float,
+    "memory_gb": _float,
+    "experiment": _int,
+    "training_seconds": _opt_float,
+    "total_seconds": _opt_float,
+    "num_steps": _opt_int,
+    "mfu_percent": _opt_float,
+    "input_tokens": _int,
+    "output_tokens": _int,
+    "cost_usd": _float,
+    "wall_seconds": _opt_float,
+}
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ResultsFile:
+    """results.tsv: read all rows, append one row durably."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def rows(self) -> list[Row]:
+        """Every complete row; a torn last line (no trailing newline) is ignored.
+
+        Reads our 20 columns or any subset with a header naming them (upstream's five included).
+        """
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        lines = text.split("\n")[:-1]  # the piece after the last newline is empty or torn
+        if not lines:
+            return []
+        header = lines[0].split("\t")
+        if "commit" not in header or "val_bpb" not in header:
+            raise AutoresearchError(f"{self.path} is not a results.tsv (header: {lines[0][:80]!r})")
+        rows = []
+        for number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            values = line.split("\t")
+            if len(values) != len(header):
+                raise AutoresearchError(
+                    f"{self.path}:{number} has {len(values)} fields, expected {len(header)}"
+                )
+            try:
+                rows.append(Row.from_fields(dict(zip(header, values))))
+            except ValueError as exc:
+                raise AutoresearchError(f"{self.path}:{number} does not parse: {exc}") from None
+        return rows
+
+    def append(self, row: Row) -> None:
+        """Append one row with one write(), flush and fsync; write the header into a new file.
+
+        A torn last line left by a killed writer is cut off first, so rows never run together.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        with open(self.path, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                self._repair(f, size)
+            if f.seek(0, os.SEEK_END) == 0:
+                prefix = HEADER
+            else:
+                f.seek(0)
+                if f.readline().decode("utf-8", "replace").rstrip("\n") != HEADER.rstrip("\n"):
+                    raise AutoresearchError(
+                        f"{self.path} has a different header; move it away or use another tag"
+                    )
+                prefix = ""
+            line = prefix + "\t".join(row.to_fields()) + "\n"
+            f.write(line.encode("utf-8"))  # O_APPEND: lands at the end whatever the seek
+            f.flush()
+            os.fsync(f.fileno())
+        if created:
+            _fsync_dir(self.path.parent)
+
+    @staticmethod
+    def _repair(f, size: int) -> None:
+        """Truncate to the last newline if the file does not end with one (a torn write)."""
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        keep = 0
+        chunk = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            data = f.read(end - start)
+            newline = data.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+
+    def next_experiment(self) -> int:
+        """The number for the next experiment: the highest recorded plus one, or 0 (baseline)."""
+        rows = self.rows()
+        return max(r.experiment for r in rows) + 1 if rows else 0
+
+
+class RunState:
+    """run.json: a small dict of run state, always replaced whole (tmp file, fsync, rename)."""
+
+    @staticmethod
+    def load(path: Path) -> dict:
+        """The saved state, or {} if the file is missing or unreadable."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def save(path: Path, **fields) -> dict:
+        """Merge `fields` into the saved state, stamp updated_at, write atomically; returns it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = RunState.load(path)
+        state.update(fields)
+        state["updated_at"] = utc_now()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return state
+
+    @staticmethod
+    def effective_state(state: dict) -> str:
+        """state['state'], except that `running` with a dead pid reads as `stopped`."""
+        value = state.get("state", "")
+        if value == "running":
+            pid = state.get("pid")
+            if not isinstance(pid, int) or not _alive(pid):
+                return "stopped"
+        return value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class RunLock:
+    """results/<tag>/run.lock: one harness per tag. An flock, so a dead process holds nothing."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise AutoresearchError naming the pid that holds it."""
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            tag = self.path.parent.name
+            raise AutoresearchError(f"run '{tag}' is already running (pid {holder})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
