@@ -4,6 +4,7 @@ Each command lives in its own section below; the work happens in the modules it 
 """
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 
@@ -49,3 +50,39 @@ def prepare(ctx: typer.Context):
     with user_errors():
         code = run_prepare(list(ctx.args))
     raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------
+# report / status
+# ---------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    tag: list[str] = typer.Option(None, "--tag", help="Run to report (results/<tag>/); repeat to compare runs. Default: the most recent run."),
+    results: list[Path] = typer.Option(None, "--results", help="Any results.tsv (ours or upstream's five columns); repeatable."),
+    root: Path = typer.Option(None, "--root", help="Checkout holding results/ (default: found above the current folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the machine-readable summary (docs/report.md) instead of tables."),
+    markdown: Path = typer.Option(None, "--markdown", help="Also write a Markdown report here, plot embedded by relative path."),
+    plot: Path = typer.Option(None, "--plot", help="Where to write the PNG (default: results/<tag>/progress.png)."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip the plot."),
+    top: int = typer.Option(20, "--top", min=1, help="How many top hits to list."),
+    noise: float = typer.Option(3e-4, "--noise", min=0.0, help="Kept gains below this val_bpb are flagged as within noise."),
+):
+    """What happened overnight: outcomes, best val_bpb, top hits, cost, and a progress plot."""
+    from autoresearch.report import run_report
+
+    with user_errors():
+        run_report(tag or [], results or [], root, as_json, markdown, plot, no_plot, top, noise)
+
+
+@app.command()
+def status(
+    root: Path = typer.Option(None, "--root", help="Checkout holding results/ (default: found above the current folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Every run under results/: state (running / paused / stopped / done), experiments, best val_bpb."""
+    from autoresearch.report import run_status
+
+    with user_errors():
+        run_status(root, as_json)

@@ -1,0 +1,390 @@
+"""What happened in a run: read results.tsv (ours or upstream's five columns) and run.json, and
+compute the figures `autoresearch report` and `autoresearch status` show. Pure: reads files,
+writes nothing, prints nothing.
+
+    table = read_results(Path("results/mar5/results.tsv"))   # -> Table (rows + malformed lines)
+    summary = summarize(table, run=read_run(Path("results/mar5")))   # -> dict, see report.py
+
+Columns are looked up by header name, so upstream's `commit val_bpb memory_gb status
+description` and our 20-column files (docs/architecture.md) read the same way; extra columns are
+optional and absent ones give None.
+"""
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+
+UPSTREAM_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+STATUSES = ("keep", "discard", "crash")
+# CUDA run-to-run jitter of val_bpb is a few x 1e-4 (upstream PR #560): smaller wins are suspect
+NOISE_BPB = 3e-4
+STATES = ("running", "paused", "stopped", "done")
+
+INT_COLUMNS = ("experiment", "num_steps", "input_tokens", "output_tokens")
+FLOAT_COLUMNS = ("memory_gb", "training_seconds", "total_seconds", "mfu_percent", "cost_usd",
+                 "wall_seconds")
+
+
+@dataclass
+class Table:
+    """The readable rows of one results.tsv, and the lines that were not."""
+
+    path: Path
+    columns: list[str]
+    rows: list[dict] = field(default_factory=list)  # typed values, see _parse_row
+    malformed: list[tuple[int, str]] = field(default_factory=list)  # (line number, problem)
+    torn_line: int | None = None  # a bad last line with no newline: a write cut short, skipped
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+
+def read_results(path: Path) -> Table:
+    """Parse a results.tsv. Bad rows become `malformed` entries (1-based line numbers); a file
+    that is missing, empty or lacks upstream's five columns in its header is an error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise AutoresearchError(f"no results file at {path}")
+    except OSError as err:
+        raise AutoresearchError(f"cannot read {path}: {err.strerror or err}")
+    lines = text.splitlines()
+    if not text.strip():
+        raise AutoresearchError(f"{path} is empty (expected a header line: {' '.join(UPSTREAM_COLUMNS)})")
+    columns = [c.strip().lower() for c in lines[0].split("\t")]
+    missing = [c for c in UPSTREAM_COLUMNS if c not in columns]
+    if missing:
+        raise AutoresearchError(
+            f"{path} line 1 is not a results.tsv header: missing column(s) {', '.join(missing)} "
+            f"(expected tab-separated {' '.join(UPSTREAM_COLUMNS)} ...)"
+        )
+    table = Table(path=path, columns=columns)
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(columns):
+            row, problem = {}, f"expected {len(columns)} fields, found {len(fields)}"
+        else:
+            row, problem = _parse_row(dict(zip(columns, fields)))
+        if problem and number == len(lines) and not text.endswith(("\n", "\r")):
+            table.torn_line = number  # the writer was killed mid-line; it cuts this off itself
+        elif problem:
+            table.malformed.append((number, problem))
+        else:
+            row["line"] = number
+            table.rows.append(row)
+    for position, row in enumerate(table.rows):
+        if row.get("experiment") is None:
+            row["experiment"] = position  # upstream's notebook numbers rows by position
+    return table
+
+
+def _parse_row(raw: dict) -> tuple[dict, str | None]:
+    row = {key: value.strip() for key, value in raw.items()}
+    status = row["status"].lower()
+    if status not in STATUSES:
+        return row, f"status {row['status']!r} is not keep, discard or crash"
+    row["status"] = status
+    val = _number(row["val_bpb"])
+    if status != "crash" and (val is None or not math.isfinite(val) or val <= 0):
+        return row, f"val_bpb {row['val_bpb']!r} is not a positive number"
+    row["val_bpb"] = val if status != "crash" else None  # crashes log 0.000000
+    for name in INT_COLUMNS:
+        if name in row:
+            number = _number(row[name])
+            row[name] = int(number) if number is not None and math.isfinite(number) else None
+    for name in FLOAT_COLUMNS:
+        if name in row:
+            row[name] = _number(row[name])
+    if "started_at" in row:
+        row["started_at"] = parse_time(row["started_at"])
+    return row, None
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_time(text) -> datetime | None:
+    """ISO 8601 (`2026-11-22T07:30:00Z`) to an aware UTC datetime; None when unreadable."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def read_run(folder: Path) -> dict | None:
+    """run.json of a results/<tag>/ folder, with `state` made effective: a `running` state whose
+    pid is dead reads as `stopped`. None when there is no (readable) run.json."""
+    try:
+        run = json.loads((Path(folder) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(run, dict):
+        return None
+    run["recorded_state"] = run.get("state")
+    if run.get("state") == "running" and not pid_alive(run.get("pid")):
+        run["state"] = "stopped"
+    return run
+
+
+def pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, but alive
+    except OSError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Finding runs
+# ---------------------------------------------------------------------------
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above `start` holding train.py and a results/ folder."""
+    start = Path(start).resolve()
+    for folder in [start, *start.parents]:
+        if (folder / "train.py").is_file() and (folder / "results").is_dir():
+            return folder
+    raise AutoresearchError(
+        f"no folder with train.py and results/ in {start} or above; "
+        "run this inside an autoresearch checkout, or pass --root or --results"
+    )
+
+
+def run_folders(root: Path) -> list[Path]:
+    """results/<tag>/ folders that hold a results.tsv or a run.json, newest activity first."""
+    results = Path(root) / "results"
+    if not results.is_dir():
+        return []
+    folders = [f for f in results.iterdir()
+               if f.is_dir() and ((f / "results.tsv").is_file() or (f / "run.json").is_file())]
+    return sorted(folders, key=last_activity, reverse=True)
+
+
+def last_activity(folder: Path) -> float:
+    """Newest modification time (epoch seconds) of a run folder's results.tsv or run.json."""
+    times = [(folder / name).stat().st_mtime for name in ("results.tsv", "run.json")
+             if (folder / name).is_file()]
+    return max(times, default=0.0)
+
+
+def tag_folder(root: Path, tag: str | None) -> Path:
+    """results/<tag>/ of `root`; without a tag, the most recently active run."""
+    folders = run_folders(root)
+    if tag is None:
+        if not folders:
+            raise AutoresearchError(f"no runs under {Path(root) / 'results'} yet; start one with `autoresearch run`")
+        return folders[0]
+    folder = Path(root) / "results" / tag
+    if folder not in folders:
+        known = ", ".join(sorted(f.name for f in folders)) or "none"
+        raise AutoresearchError(f"unknown tag {tag!r} (runs under {Path(root) / 'results'}: {known})")
+    return folder
+
+
+# ---------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------
+
+
+def summarize(table: Table, run: dict | None = None, tag: str | None = None,
+              noise: float = NOISE_BPB) -> dict:
+    """Every figure of the report, as plain JSON-ready values (schema: autoresearch/report.py)."""
+    rows = table.rows
+    counts = Counter(r["status"] for r in rows)
+    decided = counts["keep"] + counts["discard"]
+    valid = [r for r in rows if r["status"] != "crash"]
+    baseline = valid[0] if valid else None
+    kept = kept_with_deltas(rows, baseline, noise)
+    best = min(kept, key=lambda k: k["val_bpb"]) if kept else None
+    improvement = round(baseline["val_bpb"] - best["val_bpb"], 9) if best and baseline else None
+    hits = sorted((k for k in kept if k["delta"] is not None), key=lambda k: -k["delta"])
+    return {
+        "source": str(table.path.resolve()),
+        "tag": tag,
+        "format": "autoresearch" if len(table.columns) > len(UPSTREAM_COLUMNS) else "upstream",
+        "state": run.get("state") if run else None,
+        "run": _run_info(run),
+        "experiments": len(rows),
+        "counts": {s: counts[s] for s in STATUSES},
+        "keep_rate": counts["keep"] / decided if decided else None,
+        "baseline": _brief(baseline),
+        "best": _brief(best),
+        "improvement": improvement,
+        "improvement_pct": round(100 * improvement / baseline["val_bpb"], 6) if improvement is not None else None,
+        "noise_threshold": noise,
+        "improvements": len(hits),
+        "within_noise": sum(1 for k in hits if k["within_noise"]),
+        "kept": kept,
+        "top_hits": hits,
+        "timing": timing(rows, run),
+        "crash_reasons": crash_reasons(rows, table.columns),
+        "usage": usage(rows, len(hits)),
+        "by_proposer": by_proposer(rows, kept) if "proposer" in table.columns else [],
+        "malformed": [{"line": n, "problem": p} for n, p in table.malformed],
+        "torn_line": table.torn_line,
+        "plot": None,
+    }
+
+
+def kept_with_deltas(rows: list[dict], baseline: dict | None, noise: float) -> list[dict]:
+    """Kept rows in order; each one's delta is the previous kept val_bpb minus its own (the
+    first kept row is measured against the baseline row, so the baseline itself has none)."""
+    kept, previous = [], None
+    for row in rows:
+        if row["status"] != "keep":
+            continue
+        reference = previous if previous is not None else (
+            baseline["val_bpb"] if baseline is not None and row is not baseline else None)
+        # val_bpb is logged to 6 decimals: round so 0.9903 - 0.99 is 3e-4, not 2.9999e-4
+        delta = round(reference - row["val_bpb"], 9) if reference is not None else None
+        entry = _brief(row)
+        entry["delta"] = delta
+        entry["within_noise"] = delta is not None and delta < noise
+        kept.append(entry)
+        previous = row["val_bpb"]
+    return kept
+
+
+def _brief(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    return {key: row.get(key) for key in (
+        "experiment", "commit", "val_bpb", "memory_gb", "description", "proposer", "model")}
+
+
+def _run_info(run: dict | None) -> dict | None:
+    if run is None:
+        return None
+    keys = ("recorded_state", "pid", "branch", "base_commit", "started_at", "updated_at",
+            "proposer", "model", "max_experiments", "failed_proposals", "proposal_cost_usd")
+    return {key: run.get(key) for key in keys}
+
+
+def timing(rows: list[dict], run: dict | None) -> dict:
+    """Elapsed hours (first start to last finish, else run.json's span), experiments per hour,
+    mean wall and training seconds per experiment."""
+    walls = [r["wall_seconds"] for r in rows if r.get("wall_seconds") is not None]
+    trains = [r["training_seconds"] for r in rows if r.get("training_seconds") is not None]
+    starts = [r["started_at"] for r in rows if r.get("started_at") is not None]
+    elapsed = None
+    if starts:
+        ends = [r["started_at"].timestamp() + (r.get("wall_seconds") or 0.0)
+                for r in rows if r.get("started_at") is not None]
+        elapsed = max(ends) - min(s.timestamp() for s in starts)
+    elif run and parse_time(run.get("started_at")) and parse_time(run.get("updated_at")):
+        elapsed = (parse_time(run["updated_at"]) - parse_time(run["started_at"])).total_seconds()
+    elif walls and len(walls) == len(rows):
+        elapsed = sum(walls)
+    hours = elapsed / 3600 if elapsed and elapsed > 0 else None
+    return {
+        "elapsed_hours": hours,
+        "experiments_per_hour": len(rows) / hours if hours else None,
+        "mean_wall_seconds": sum(walls) / len(walls) if walls else None,
+        "mean_training_seconds": sum(trains) / len(trains) if trains else None,
+        "first_started_at": min(starts).strftime("%Y-%m-%dT%H:%M:%SZ") if starts else None,
+    }
+
+
+def crash_reasons(rows: list[dict], columns: list[str]) -> list[dict]:
+    """Crash counts per reason, most frequent first ("unknown" where no reason was logged)."""
+    if "reason" not in columns:
+        reasons = Counter("unknown" for r in rows if r["status"] == "crash")
+    else:
+        reasons = Counter(r.get("reason") or "unknown" for r in rows if r["status"] == "crash")
+    return [{"reason": reason, "count": n} for reason, n in reasons.most_common()]
+
+
+def usage(rows: list[dict], improvements: int) -> dict:
+    """LLM tokens and cost in total and per kept improvement (None without those columns)."""
+    def total(name):
+        values = [r[name] for r in rows if r.get(name) is not None]
+        return sum(values) if values else None
+
+    cost, tokens_in, tokens_out = total("cost_usd"), total("input_tokens"), total("output_tokens")
+    tokens = (tokens_in or 0) + (tokens_out or 0) if tokens_in is not None or tokens_out is not None else None
+    return {
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "cost_usd": cost,
+        "cost_per_improvement_usd": cost / improvements if cost is not None and improvements else None,
+        "tokens_per_improvement": tokens / improvements if tokens is not None and improvements else None,
+    }
+
+
+def by_proposer(rows: list[dict], kept: list[dict]) -> list[dict]:
+    """One entry per (proposer, model): outcomes, keep rate, the val_bpb it won, cost."""
+    groups: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row.get("proposer") or "", row.get("model") or "")
+        group = groups.setdefault(key, {
+            "proposer": key[0], "model": key[1], "experiments": 0, "keep": 0, "discard": 0,
+            "crash": 0, "keep_rate": None, "improvement": 0.0, "input_tokens": 0,
+            "output_tokens": 0, "cost_usd": 0.0})
+        group["experiments"] += 1
+        group[row["status"]] += 1
+        group["input_tokens"] += row.get("input_tokens") or 0
+        group["output_tokens"] += row.get("output_tokens") or 0
+        group["cost_usd"] += row.get("cost_usd") or 0.0
+    for entry in kept:
+        if entry["delta"] is not None:
+            groups[(entry["proposer"] or "", entry["model"] or "")]["improvement"] += entry["delta"]
+    for group in groups.values():
+        decided = group["keep"] + group["discard"]
+        group["keep_rate"] = group["keep"] / decided if decided else None
+        group["improvement"] = round(group["improvement"], 9)
+        group["cost_usd"] = round(group["cost_usd"], 9)
+    return list(groups.values())
+
+
+def status_line(folder: Path) -> dict:
+    """One line of `autoresearch status` for a results/<tag>/ folder; bad rows are skipped."""
+    run = read_run(folder)
+    table = None
+    if (folder / "results.tsv").is_file():
+        try:
+            table = read_results(folder / "results.tsv")
+        except AutoresearchError:
+            table = None
+    rows = table.rows if table else []
+    kept = [r["val_bpb"] for r in rows if r["status"] == "keep"]
+    activity = last_activity(folder)
+    updated = parse_time((run or {}).get("updated_at"))
+    if updated is not None:
+        activity = max(activity, updated.timestamp())
+    return {
+        "tag": folder.name,
+        "state": (run or {}).get("state") or "unknown",
+        "experiments": len(rows),
+        "kept": len(kept),
+        "best_val_bpb": min(kept) if kept else None,
+        "last_activity": datetime.fromtimestamp(activity, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if activity else None,
+        "proposer": (run or {}).get("proposer") or (rows[-1].get("proposer") if rows else None),
+        "model": (run or {}).get("model") or None,
+        "malformed": len(table.malformed) if table else 0,
+    }

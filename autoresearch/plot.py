@@ -1,0 +1,141 @@
+"""progress.png in the style of upstream's analysis notebook: discards as faint grey dots, keeps
+as green dots with a black edge, the running best as a step line, kept points annotated, y range
+focused between baseline and best. Headless (Agg); matplotlib is imported only when plotting so
+`autoresearch --help` stays fast.
+"""
+
+import warnings
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+
+SIZE = (16, 8)  # inches
+DPI = 100
+MAX_LABELS = 60  # beyond this the labels pile up into a smear; the biggest wins keep theirs
+LABEL_CHARS = 45
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def shorten(text: str, limit: int = LABEL_CHARS) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def y_range(baseline: float, best: float) -> tuple[float, float]:
+    """From just below the best to just above the baseline (15% margin, never zero-height)."""
+    margin = (baseline - best) * 0.15
+    if margin <= 0:
+        margin = max(abs(baseline) * 0.002, 1e-4)
+    return best - margin, baseline + margin
+
+
+def _draw_run(ax, rows: list[dict], kept: list[dict], color: str, label: str | None, labels: bool):
+    valid = [r for r in rows if r["status"] != "crash"]
+    discards = [r for r in valid if r["status"] == "discard"]
+    ax.scatter([r["experiment"] for r in discards], [r["val_bpb"] for r in discards],
+               c="#cccccc", s=12, alpha=0.5, zorder=2, label=None if label else "Discarded")
+    ax.scatter([k["experiment"] for k in kept], [k["val_bpb"] for k in kept], c=color, s=50,
+               zorder=4, edgecolors="black", linewidths=0.5, label=f"Kept ({label})" if label else "Kept")
+    if kept:
+        xs, ys, best = [], [], float("inf")
+        for k in kept:
+            best = min(best, k["val_bpb"])
+            xs.append(k["experiment"])
+            ys.append(best)
+        last = max(r["experiment"] for r in valid)
+        xs.append(last)  # the best holds until the last experiment
+        ys.append(best)
+        ax.step(xs, ys, where="post", color="#27ae60" if not label else color, linewidth=2,
+                alpha=0.7, zorder=3, label=f"Running best ({label})" if label else "Running best")
+    if labels:
+        ranked = sorted(kept, key=lambda k: -(k["delta"] or 0))[:MAX_LABELS]
+        for k in ranked:
+            ax.annotate(shorten(k["description"]), (k["experiment"], k["val_bpb"]),
+                        textcoords="offset points", xytext=(6, 6), fontsize=8.0, color="#1a7a3a",
+                        alpha=0.9, rotation=30, ha="left", va="bottom", parse_math=False)
+
+
+def _finish(plt, fig, ax, path: Path, title: str, low: float, high: float):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("Experiment #", fontsize=12)
+    ax.set_ylabel("Validation BPB (lower is better)", fontsize=12)
+    ax.set_title(title, fontsize=14, parse_math=False)
+    ax.set_ylim(low, high)
+    ax.legend(loc="upper right", fontsize=9)
+    ax.grid(True, alpha=0.2)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing")  # CJK/emoji labels
+            fig.tight_layout()
+            fig.savefig(path, dpi=DPI)
+    except OSError as err:
+        raise AutoresearchError(f"cannot write the plot to {path}: {err.strerror or err}")
+    finally:
+        plt.close(fig)
+
+
+def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
+    """Draw one run's progress (rows from analysis.read_results, summary from summarize)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=SIZE)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        _draw_run(ax, rows, summary["kept"], "#2ecc71", None, labels=True)
+        _mark_crashes(ax, rows)
+    n, k = summary["experiments"], summary["counts"]["keep"]
+    title = f"{n} experiments, {k} kept" + (f"  ({summary['tag']})" if summary.get("tag") else "")
+    if summary["baseline"] and summary["best"]:
+        low, high = y_range(summary["baseline"]["val_bpb"], summary["best"]["val_bpb"])
+    elif summary["baseline"]:
+        low, high = y_range(summary["baseline"]["val_bpb"], summary["baseline"]["val_bpb"])
+    else:
+        low, high = 0.0, 1.0  # everything crashed: an empty, honest frame
+    above = sum(1 for r in rows if r["status"] != "crash" and r["val_bpb"] > high)
+    if above:
+        ax.text(0.99, 0.80, f"{above} worse than the baseline, above the axis", transform=ax.transAxes,
+                fontsize=9, color="#888888", ha="right", va="top", parse_math=False)
+    _finish(plt, fig, ax, Path(path), title, low, high)
+    return Path(path)
+
+
+def _mark_crashes(ax, rows: list[dict]):
+    """Crashes as small red ticks on the bottom edge: seen, but kept out of the y range."""
+    crashes = [r["experiment"] for r in rows if r["status"] == "crash"]
+    if crashes:
+        ax.scatter(crashes, [0.0] * len(crashes), transform=ax.get_xaxis_transform(), marker="|",
+                   c="#e74c3c", s=120, alpha=0.6, zorder=2, clip_on=False, label="Crashed")
+
+
+COMPARE_COLORS = ("#2ecc71", "#3498db", "#e67e22", "#9b59b6", "#e74c3c", "#1abc9c")
+
+
+def plot_compare(runs: list[tuple[list[dict], dict]], path: Path) -> Path:
+    """Several runs on one axis: each run's kept points and running best in its own colour."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=SIZE)
+    bounds = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        for i, (rows, summary) in enumerate(runs):
+            label = summary.get("tag") or Path(summary["source"]).parent.name or summary["source"]
+            _draw_run(ax, rows, summary["kept"], COMPARE_COLORS[i % len(COMPARE_COLORS)], label, labels=False)
+            if summary["baseline"]:
+                best = summary["best"] or summary["baseline"]
+                bounds.append(y_range(summary["baseline"]["val_bpb"], best["val_bpb"]))
+    low = min((b[0] for b in bounds), default=0.0)
+    high = max((b[1] for b in bounds), default=1.0)
+    title = " vs ".join(f"{s.get('tag') or s['source']}: {s['experiments']} experiments, "
+                        f"{s['counts']['keep']} kept" for _, s in runs)
+    _finish(plt, fig, ax, Path(path), title, low, high)
+    return Path(path)

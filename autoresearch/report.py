@@ -1,0 +1,387 @@
+"""`autoresearch report` and `autoresearch status`: what happened overnight, as terminal tables
+(rich on a TTY, plain text otherwise), JSON, Markdown and a progress plot.
+
+The figures come from autoresearch/analysis.py, the plot from autoresearch/plot.py; this module
+only lays them out. The JSON schema (`schema_version` 1) is documented in docs/report.md.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch import analysis
+from autoresearch.errors import AutoresearchError
+
+SCHEMA_VERSION = 1
+PLAIN_DESCRIPTION = 72  # characters of a description in plain-text tables
+
+
+@dataclass
+class Section:
+    """A titled block: key/value pairs (`pairs`) or a table (`headers` + `rows`), both strings."""
+
+    title: str
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------
+# Entry points (called by cli.py)
+# ---------------------------------------------------------------------------
+
+
+def run_report(tags: list[str] | None = None, results: list[Path] | None = None,
+               root: Path | None = None, as_json: bool = False, markdown: Path | None = None,
+               plot: Path | None = None, no_plot: bool = False, top: int = 20,
+               noise: float = analysis.NOISE_BPB, out=None) -> None:
+    """Report one run, or compare several side by side. Malformed rows are skipped and, after
+    the report is written, raised as one AutoresearchError naming their line numbers."""
+    out = out or sys.stdout
+    runs = load_runs(tags or [], results or [], root, noise)
+    if not no_plot:
+        from autoresearch import plot as plotting
+
+        for table, summary in runs:
+            path = plot if plot and len(runs) == 1 else Path(summary["source"]).parent / "progress.png"
+            summary["plot"] = str(plotting.plot_progress(table.rows, summary, path))
+        if len(runs) > 1:
+            path = plot or _compare_path(runs)
+            compare_plot = str(plotting.plot_compare([(t.rows, s) for t, s in runs], path))
+    summaries = [s for _, s in runs]
+    payload = {"schema_version": SCHEMA_VERSION, "runs": summaries}
+    if len(runs) > 1:
+        payload["compare_plot"] = None if no_plot else compare_plot
+    if markdown:
+        write_markdown(Path(markdown), summaries, payload.get("compare_plot"), top)
+    if as_json:
+        out.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    else:
+        render(report_sections(summaries, top), out)
+    malformed = [(s["source"], m) for s in summaries for m in s["malformed"]]
+    if malformed:
+        where = "; ".join(f"{Path(src).name} line {m['line']}: {m['problem']}" for src, m in malformed[:5])
+        more = f"; and {len(malformed) - 5} more" if len(malformed) > 5 else ""
+        raise AutoresearchError(f"{len(malformed)} malformed row(s) skipped ({where}{more})")
+
+
+def run_status(root: Path | None = None, as_json: bool = False, out=None) -> None:
+    """Every run under results/: state, experiments, best val_bpb, last activity."""
+    out = out or sys.stdout
+    root = Path(root) if root else analysis.find_root(Path.cwd())
+    lines = [analysis.status_line(folder) for folder in analysis.run_folders(root)]
+    if as_json:
+        out.write(json.dumps({"schema_version": SCHEMA_VERSION, "runs": lines}, indent=2,
+                             ensure_ascii=False) + "\n")
+        return
+    section = Section(f"Runs under {root / 'results'}", headers=[
+        "tag", "state", "experiments", "kept", "best val_bpb", "last activity", "proposer"])
+    for line in lines:
+        proposer = " ".join(p for p in (line["proposer"], line["model"]) if p)
+        section.rows.append([line["tag"], line["state"], str(line["experiments"]), str(line["kept"]),
+                             _bpb(line["best_val_bpb"]), _ago(line["last_activity"]), proposer or "-"])
+    if not lines:
+        section.note = "No runs yet; start one with `autoresearch run`."
+    render([section], out)
+
+
+def load_runs(tags: list[str], results: list[Path], root: Path | None,
+              noise: float) -> list[tuple[analysis.Table, dict]]:
+    """(table, summary) for every requested run; with nothing requested, the most recent run."""
+    runs = []
+    for path in results:
+        path = Path(path)
+        run = analysis.read_run(path.parent)
+        table = analysis.read_results(path)
+        runs.append((table, analysis.summarize(table, run, tag=run.get("tag") if run else None, noise=noise)))
+    if tags or not results:
+        root = Path(root) if root else analysis.find_root(Path.cwd())
+        for tag in tags or [None]:
+            folder = analysis.tag_folder(root, tag)
+            table = analysis.read_results(folder / "results.tsv")
+            runs.append((table, analysis.summarize(table, analysis.read_run(folder), folder.name, noise)))
+    return runs
+
+
+def _compare_path(runs) -> Path:
+    first = Path(runs[0][1]["source"]).parent
+    if all(s["tag"] for _, s in runs):
+        return first.parent / ("compare-" + "-vs-".join(s["tag"] for _, s in runs) + ".png")
+    return first / "compare.png"
+
+
+# ---------------------------------------------------------------------------
+# Sections: the report as plain strings, shared by the terminal and Markdown renderers
+# ---------------------------------------------------------------------------
+
+
+def report_sections(summaries: list[dict], top: int) -> list[Section]:
+    sections = [compare_section(summaries)] if len(summaries) > 1 else []
+    for summary in summaries:
+        sections += run_sections(summary, top)
+    return sections
+
+
+def run_sections(s: dict, top: int) -> list[Section]:
+    name = s["tag"] or s["source"]
+    overview = Section(f"Run {name}" + (f" ({s['state']})" if s["state"] else ""))
+    counts = s["counts"]
+    overview.pairs = [
+        ("source", s["source"]),
+        ("state", _state(s)),
+        ("experiments", f"{s['experiments']}  (keep {counts['keep']}, discard {counts['discard']}, "
+                        f"crash {counts['crash']})"),
+        ("keep rate", f"{counts['keep']}/{counts['keep'] + counts['discard']} = {_pct(s['keep_rate'])}"),
+        ("baseline val_bpb", _bpb((s["baseline"] or {}).get("val_bpb"))),
+        ("best val_bpb", _bpb((s["best"] or {}).get("val_bpb"))
+         + (f"  (experiment {s['best']['experiment']}, {s['best']['commit']})" if s["best"] else "")),
+        ("improvement", "-" if s["improvement"] is None
+         else f"{s['improvement']:.6f} ({s['improvement_pct']:.2f}%)"),
+        ("best experiment", (s["best"] or {}).get("description") or "-"),
+        ("kept improvements", f"{s['improvements']}" + (
+            f"  ({s['within_noise']} within noise, < {s['noise_threshold']:.0e})" if s["within_noise"] else "")),
+    ]
+    t, u = s["timing"], s["usage"]
+    if t["elapsed_hours"] is not None or t["mean_wall_seconds"] is not None:
+        overview.pairs += [
+            ("elapsed", _num(t["elapsed_hours"], "{:.2f} h")),
+            ("experiments per hour", _num(t["experiments_per_hour"], "{:.1f}")),
+            ("mean wall per experiment", _num(t["mean_wall_seconds"], "{:.1f} s")),
+        ]
+    if u["cost_usd"] is not None or u["input_tokens"] is not None:
+        tokens = (u["input_tokens"] or 0) + (u["output_tokens"] or 0)
+        overview.pairs += [
+            ("tokens", f"{tokens:,} ({u['input_tokens'] or 0:,} in, {u['output_tokens'] or 0:,} out)"),
+            ("cost", _num(u["cost_usd"], "${:.4f}")),
+            ("cost per kept improvement", _num(u["cost_per_improvement_usd"], "${:.4f}")),
+            ("tokens per kept improvement", _num(u["tokens_per_improvement"], "{:,.0f}")),
+        ]
+    run = s["run"] or {}
+    if run.get("failed_proposals") or run.get("proposal_cost_usd"):
+        overview.pairs.append(("failed proposals (run.json)", f"{run.get('failed_proposals') or 0}, "
+                                                              f"proposal cost ${run.get('proposal_cost_usd') or 0:.4f}"))
+    if s["plot"]:
+        overview.pairs.append(("plot", s["plot"]))
+    overview.note = _verdict(s)
+    sections = [overview]
+
+    if s["kept"]:
+        kept = Section("Kept experiments, in order (gain = previous kept val_bpb - this one)",
+                       headers=["experiment", "commit", "val_bpb", "gain", "", "description"])
+        for k in s["kept"]:
+            kept.rows.append([str(k["experiment"]), k["commit"] or "", _bpb(k["val_bpb"]),
+                              _gain(k["delta"]), "noise?" if k["within_noise"] else "", k["description"] or ""])
+        sections.append(kept)
+    if s["top_hits"]:
+        hits = Section(f"Top hits by gain (top {min(top, len(s['top_hits']))} of {len(s['top_hits'])})",
+                       headers=["rank", "gain", "val_bpb", "experiment", "description"])
+        for rank, k in enumerate(s["top_hits"][:top], start=1):
+            hits.rows.append([str(rank), _gain(k["delta"]), _bpb(k["val_bpb"]), str(k["experiment"]),
+                              k["description"] or ""])
+        hits.rows.append(["", _gain(sum(k["delta"] for k in s["top_hits"])), "", "", "total over baseline"])
+        sections.append(hits)
+    if s["crash_reasons"]:
+        sections.append(Section("Crash reasons", headers=["count", "reason"],
+                                rows=[[str(c["count"]), c["reason"]] for c in s["crash_reasons"]]))
+    if s["by_proposer"]:
+        table = Section("By proposer", headers=[
+            "proposer", "model", "experiments", "keep", "discard", "crash", "keep rate", "gain", "cost"])
+        for g in s["by_proposer"]:
+            table.rows.append([g["proposer"] or "-", g["model"] or "-", str(g["experiments"]), str(g["keep"]),
+                               str(g["discard"]), str(g["crash"]), _pct(g["keep_rate"]),
+                               f"{g['improvement']:.6f}", f"${g['cost_usd']:.4f}"])
+        sections.append(table)
+    if s["malformed"]:
+        sections.append(Section("Malformed rows (skipped)", headers=["line", "problem"],
+                                rows=[[str(m["line"]), m["problem"]] for m in s["malformed"]]))
+    return sections
+
+
+def compare_section(summaries: list[dict]) -> Section:
+    """Runs side by side: one column per run, one line per figure."""
+    names = [s["tag"] or Path(s["source"]).name for s in summaries]
+    section = Section("Comparison", headers=["", *names])
+    figures = [
+        ("state", lambda s: s["state"] or "-"),
+        ("proposer", lambda s: ", ".join(sorted({g["proposer"] + (f"/{g['model']}" if g["model"] else "")
+                                                 for g in s["by_proposer"] if g["proposer"] != "baseline"})) or "-"),
+        ("experiments", lambda s: str(s["experiments"])),
+        ("kept / discarded / crashed", lambda s: "{keep} / {discard} / {crash}".format(**s["counts"])),
+        ("keep rate", lambda s: _pct(s["keep_rate"])),
+        ("baseline val_bpb", lambda s: _bpb((s["baseline"] or {}).get("val_bpb"))),
+        ("best val_bpb", lambda s: _bpb((s["best"] or {}).get("val_bpb"))),
+        ("improvement", lambda s: "-" if s["improvement"] is None
+         else f"{s['improvement']:.6f} ({s['improvement_pct']:.2f}%)"),
+        ("kept improvements (within noise)", lambda s: f"{s['improvements']} ({s['within_noise']})"),
+        ("experiments per hour", lambda s: _num(s["timing"]["experiments_per_hour"], "{:.1f}")),
+        ("cost", lambda s: _num(s["usage"]["cost_usd"], "${:.4f}")),
+        ("cost per kept improvement", lambda s: _num(s["usage"]["cost_per_improvement_usd"], "${:.4f}")),
+    ]
+    section.rows = [[label, *(fn(s) for s in summaries)] for label, fn in figures]
+    return section
+
+
+def _verdict(s: dict) -> str:
+    if s["experiments"] == 0:
+        return "No experiments yet: nothing kept yet."
+    if s["baseline"] is None:
+        return f"All {s['experiments']} experiments crashed: nothing kept yet."
+    if not s["improvements"]:
+        return "Nothing kept yet beyond the baseline."
+    if s["within_noise"] == s["improvements"]:
+        return (f"Every kept gain is below {s['noise_threshold']:.0e}, within CUDA run-to-run noise: "
+                "re-run the best commit before trusting it.")
+    return ""
+
+
+def _state(s: dict) -> str:
+    run = s["run"]
+    if not run:
+        return "-"
+    if s["state"] == "running":
+        return f"running (pid {run.get('pid')}, updated {run.get('updated_at') or '?'}): figures are partial"
+    if s["state"] == "stopped" and run.get("recorded_state") == "running":
+        return "stopped (run.json says running but its process is gone)"
+    return s["state"] or "-"
+
+
+def _bpb(value) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def _gain(value) -> str:
+    return "-" if value is None else f"{value:+.6f}"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _ago(stamp: str | None) -> str:
+    moment = analysis.parse_time(stamp)
+    if moment is None:
+        return "-"
+    minutes = max(0, (time.time() - moment.timestamp()) / 60)
+    ago = f"{minutes:.0f} min ago" if minutes < 120 else f"{minutes / 60:.1f} h ago"
+    return f"{stamp} ({ago})"
+
+
+# ---------------------------------------------------------------------------
+# Renderers
+# ---------------------------------------------------------------------------
+
+
+def render(sections: list[Section], out) -> None:
+    """Rich tables on a terminal, aligned plain text otherwise (pipes, files, CI logs)."""
+    if getattr(out, "isatty", lambda: False)():
+        render_rich(sections, out)
+    else:
+        out.write(render_plain(sections))
+
+
+def render_plain(sections: list[Section]) -> str:
+    lines = []
+    for section in sections:
+        lines += [section.title, "-" * min(len(section.title), 100)]
+        if section.pairs:
+            width = max(len(k) for k, _ in section.pairs)
+            lines += [f"{k + ':':<{width + 1}}  {v}" for k, v in section.pairs]
+        if section.headers:
+            rows = [section.headers] + [[_clip(c, PLAIN_DESCRIPTION) for c in r] for r in section.rows]
+            columns = list(zip(*rows))
+            widths = [max(len(c) for c in column) for column in columns]
+            right = [all(_numeric(c) or c in ("", "-") for c in column[1:]) for column in columns]
+            for row in rows:
+                cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)]
+                lines.append("  ".join(cells).rstrip())
+        if section.note:
+            lines.append(section.note)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_rich(sections: list[Section], out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out)
+    for section in sections:
+        if section.pairs:
+            grid = Table(title=section.title, title_justify="left", show_header=False, box=None)
+            grid.add_column(style="bold")
+            grid.add_column(overflow="fold")
+            for key, value in section.pairs:
+                grid.add_row(key, value)
+            console.print(grid)
+        if section.headers:
+            table = Table(title=section.title if not section.pairs else None, title_justify="left")
+            for i, header in enumerate(section.headers):
+                last = i == len(section.headers) - 1
+                table.add_column(header, overflow="ellipsis", no_wrap=True, max_width=None if not last else 80,
+                                 justify="right" if header in ("experiment", "val_bpb", "gain", "count", "rank")
+                                 else "left")
+            for row in section.rows:
+                table.add_row(*row, style="yellow" if "noise?" in row else None)
+            console.print(table)
+        if section.note:
+            console.print(f"[bold]{section.note}[/bold]", markup=True, highlight=False)
+        console.print()
+
+
+def write_markdown(path: Path, summaries: list[dict], compare_plot: str | None, top: int) -> None:
+    """A shareable report: the same sections as Markdown, plots embedded by relative path."""
+    parts = ["# autoresearch report", ""]
+    if compare_plot:
+        parts += [f"![comparison]({_relative(compare_plot, path)})", ""]
+    if len(summaries) > 1:
+        parts += _markdown_section(compare_section(summaries))
+    for summary in summaries:
+        sections = run_sections(summary, top)
+        parts += _markdown_section(sections[0])
+        if summary["plot"]:
+            parts += [f"![progress]({_relative(summary['plot'], path)})", ""]
+        for section in sections[1:]:
+            parts += _markdown_section(section)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(parts), encoding="utf-8")
+    except OSError as err:
+        raise AutoresearchError(f"cannot write {path}: {err.strerror or err}")
+
+
+def _markdown_section(section: Section) -> list[str]:
+    lines = [f"## {_md(section.title)}", ""]
+    if section.pairs:
+        lines += ["| | |", "|---|---|"] + [f"| {_md(k)} | {_md(v)} |" for k, v in section.pairs] + [""]
+    if section.headers:
+        lines.append("| " + " | ".join(_md(h) for h in section.headers) + " |")
+        lines.append("|" + "|".join("---:" if _numeric(h) or h in ("gain", "val_bpb") else "---"
+                                    for h in section.headers) + "|")
+        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in section.rows] + [""]
+    if section.note:
+        lines += [f"**{_md(section.note)}**", ""]
+    return lines
+
+
+def _md(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _relative(target: str, markdown: Path) -> str:
+    return Path(os.path.relpath(Path(target).resolve(), markdown.resolve().parent)).as_posix()
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _numeric(text: str) -> bool:
+    return text.lstrip("+-$").replace(".", "", 1).replace(",", "").replace("%", "").isdigit()
