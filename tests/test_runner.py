@@ -149,13 +149,18 @@ def test_missing_interpreter_is_a_crash_not_an_exception(tmp_path):
 
 def test_hang_times_out_and_the_process_is_gone(tmp_path):
     pid_file = tmp_path / "training.json"
-    folder = script(tmp_path, SUMMARY + "import time\ntime.sleep(1000)\n")
+    folder = script(tmp_path, SUMMARY, """
+        import os, time
+        open("marker", "w").write(os.environ["AUTORESEARCH_TRAINING_ID"])
+        time.sleep(1000)
+    """)
     result = run(folder, timeout=1.5, pid_file=pid_file)
     assert result.status == "timeout" and result.reason == "timeout after 2 s"
     assert result.metrics["val_bpb"] == 1.234567  # timeout beats a printed summary
     assert result.returncode == -signal.SIGTERM
     assert not pid_file.exists()
-    assert not [p for p in psutil.process_iter() if _has_marker(p)]
+    marker = (folder / "marker").read_text()
+    assert not [p for p in psutil.process_iter() if _has_marker(p, marker)]
 
 
 def test_a_run_that_ignores_sigterm_is_killed(tmp_path):
@@ -339,8 +344,8 @@ def test_crash_reason_from_a_saved_chained_traceback():
     assert crash_reason("no traceback here\n", 2) == "exit 2"
 
 
-def _has_marker(proc: psutil.Process) -> bool:
+def _has_marker(proc: psutil.Process, marker: str) -> bool:
     try:
-        return MARKER in proc.environ() and proc.status() != psutil.STATUS_ZOMBIE
+        return proc.environ().get(MARKER) == marker and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
