@@ -12,13 +12,13 @@ optional and absent ones give None.
 
 import json
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.results import RunState
 
 UPSTREAM_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 STATUSES = ("keep", "discard", "crash")
@@ -52,7 +52,7 @@ def read_results(path: Path) -> Table:
     that is missing, empty or lacks upstream's five columns in its header is an error."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8-sig", errors="replace")  # tolerate a BOM
     except FileNotFoundError:
         raise AutoresearchError(f"no results file at {path}")
     except OSError as err:
@@ -139,23 +139,8 @@ def read_run(folder: Path) -> dict | None:
     if not isinstance(run, dict):
         return None
     run["recorded_state"] = run.get("state")
-    if run.get("state") == "running" and not pid_alive(run.get("pid")):
-        run["state"] = "stopped"
+    run["state"] = RunState.effective_state(run) or None
     return run
-
-
-def pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process, but alive
-    except OSError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------
@@ -384,7 +369,8 @@ def status_line(folder: Path) -> dict:
         "best_val_bpb": min(kept) if kept else None,
         "last_activity": datetime.fromtimestamp(activity, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if activity else None,
-        "proposer": (run or {}).get("proposer") or (rows[-1].get("proposer") if rows else None),
+        "proposer": (run or {}).get("proposer") or ",".join(sorted(
+            {r["proposer"] for r in rows if r.get("proposer") and r["proposer"] != "baseline"})) or None,
         "model": (run or {}).get("model") or None,
         "malformed": len(table.malformed) if table else 0,
     }

@@ -324,10 +324,10 @@ def render_rich(sections: list[Section], out) -> None:
         if section.headers:
             table = Table(title=section.title if not section.pairs else None, title_justify="left")
             for i, header in enumerate(section.headers):
-                last = i == len(section.headers) - 1
-                table.add_column(header, overflow="ellipsis", no_wrap=True, max_width=None if not last else 80,
-                                 justify="right" if header in ("experiment", "val_bpb", "gain", "count", "rank")
-                                 else "left")
+                cells = [row[i] for row in section.rows]
+                right = all(_numeric(c) or c in ("", "-") for c in cells)
+                table.add_column(header, overflow="ellipsis", no_wrap=True, justify="right" if right else "left",
+                                 max_width=80 if i == len(section.headers) - 1 else None)
             for row in section.rows:
                 table.add_row(*row, style="yellow" if "noise?" in row else None)
             console.print(table)

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoresearch import analysis, plot, report
+from autoresearch.results import COLUMNS, ResultsFile, Row
 from autoresearch.cli import app
 from autoresearch.errors import AutoresearchError
 
@@ -27,10 +28,6 @@ f6a7b8c\t0.985000\t30.1\tkeep\thalve batch size
 a7b8c9d\t0.986100\t30.2\tdiscard\tadd dropout $p=0.1$
 """
 
-COLUMNS = analysis.UPSTREAM_COLUMNS + (
-    "experiment", "hypothesis", "proposer", "model", "reason", "training_seconds", "total_seconds",
-    "num_steps", "mfu_percent", "input_tokens", "output_tokens", "cost_usd", "started_at",
-    "wall_seconds", "parent")
 LONG = "réglage du taux d'apprentissage 学习率 🚀 " * 20  # ~800 characters
 
 
@@ -136,6 +133,26 @@ def test_our_columns_give_rate_cost_reasons_and_proposers(tmp_path):
     assert groups[("hparam", "")]["keep_rate"] == 0.5
     assert groups[("anthropic", "claude")]["cost_usd"] == pytest.approx(0.03)
     assert s["best"]["description"] == "tiny tweak" and s["kept"][1]["description"] == LONG.strip()
+
+
+def test_reads_what_the_loops_results_writer_appends(tmp_path):
+    ledger = ResultsFile(tmp_path / "results.tsv")
+    ledger.append(Row("a1b2c3d", 0.9979, 44.0, "keep", "baseline", 0, proposer="baseline",
+                      started_at="2026-11-22T00:00:00Z", wall_seconds=330.0, training_seconds=300.1))
+    ledger.append(Row("b2c3d4e", 0.0, 0.0, "crash", "tab\there", 1, proposer="openai", model="gpt-5",
+                      reason="timeout", input_tokens=900, output_tokens=100, cost_usd=0.002,
+                      started_at="2026-11-22T00:05:30Z", wall_seconds=600.0))
+    ledger.append(Row("c3d4e5f", 0.9950, 44.1, "keep", "deeper\nmodel", 2, proposer="openai", model="gpt-5",
+                      input_tokens=1000, output_tokens=200, cost_usd=0.003, started_at="2026-11-22T00:15:30Z",
+                      wall_seconds=330.0, training_seconds=300.0))
+    table = analysis.read_results(ledger.path)
+    assert table.malformed == [] and table.columns == list(COLUMNS)
+    s = analysis.summarize(table)
+    assert s["counts"] == {"keep": 2, "discard": 0, "crash": 1}
+    assert s["best"]["description"] == "deeper model" and s["improvement"] == pytest.approx(0.0029)
+    assert s["crash_reasons"] == [{"reason": "timeout", "count": 1}]
+    assert s["usage"]["cost_per_improvement_usd"] == pytest.approx(0.005)
+    assert s["timing"]["elapsed_hours"] == pytest.approx(0.35)  # 00:00 to 00:15:30 + 330 s
 
 
 def test_run_state_comes_from_run_json_and_a_dead_pid_reads_stopped(tmp_path):
@@ -352,3 +369,10 @@ def test_unwritable_plot_is_a_one_line_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(AutoresearchError, match="cannot write the plot"):
         report.run_report(results=[write(tmp_path, UPSTREAM)], plot=tmp_path / "file" / "p.png", out=io.StringIO())
+
+
+def test_windows_line_endings_a_bom_and_upper_case_status_read_like_upstream(tmp_path):
+    text = "\ufeff" + UPSTREAM.replace("\tkeep\t", "\tKEEP \t").replace("\n", "\r\n")
+    s = analysis.summarize(analysis.read_results(write(tmp_path, text)))
+    assert s["counts"] == {"keep": 4, "discard": 2, "crash": 1} and s["best"]["val_bpb"] == 0.985
+    assert s["best"]["description"] == "halve batch size"
