@@ -1,0 +1,239 @@
+"""The run's git side: branch `autoresearch/<tag>` checked out in a worktree of its own.
+
+Everything the loop does to git happens in that worktree (`.autoresearch/worktrees/<tag>`, an
+ignored folder of the user's repository), so the user's checkout — its branch, index and files,
+uncommitted edits included — is never touched. The only writes outside the worktree are git's
+own bookkeeping under .git/: the branch ref, the worktree's metadata, and (if the user's
+ignore rules do not already cover it) one line `/.autoresearch/` in .git/info/exclude.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import git
+from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
+
+from autoresearch.errors import AutoresearchError
+
+ACTOR = git.Actor("autoresearch", "autoresearch@localhost")
+WORKTREES = Path(".autoresearch") / "worktrees"
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Our commits must not depend on (or run) the user's hooks, signing setup or identity.
+_CONFIG = ["core.hooksPath=/dev/null", "commit.gpgSign=false", "core.quotePath=false"]
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": ACTOR.name,
+    "GIT_AUTHOR_EMAIL": ACTOR.email,
+    "GIT_COMMITTER_NAME": ACTOR.name,
+    "GIT_COMMITTER_EMAIL": ACTOR.email,
+}
+
+
+def _user_repo(repo_root: Path) -> git.Repo:
+    root = Path(repo_root).resolve()
+    try:
+        repo = git.Repo(root, search_parent_directories=True)
+    except (InvalidGitRepositoryError, NoSuchPathError):
+        raise AutoresearchError(
+            f"{root} is not a git repository; run `git init` and commit prepare.py, train.py and program.md"
+        ) from None
+    if repo.bare or repo.working_tree_dir is None:
+        raise AutoresearchError(f"{root} is a bare git repository; run inside a checkout")
+    top = Path(repo.working_tree_dir).resolve()
+    if top != root:
+        raise AutoresearchError(f"{root} is not the top of its git repository ({top}); run from {top}")
+    if not repo.head.is_valid():
+        raise AutoresearchError(f"{root} has no commits yet; commit prepare.py, train.py and program.md first")
+    return repo
+
+
+def _check_tag(repo: git.Repo, tag: str) -> str:
+    branch = f"autoresearch/{tag}"
+    ok = bool(_TAG.match(tag)) and not tag.endswith((".lock", "."))
+    if ok:
+        try:
+            repo.git.check_ref_format(f"refs/heads/{branch}")
+        except GitCommandError:
+            ok = False
+    if not ok:
+        raise AutoresearchError(
+            f"bad tag {tag!r}: use letters, digits, '.', '_' and '-' (e.g. mar5), starting with a letter or digit"
+        )
+    return branch
+
+
+def _branch_exists(repo: git.Repo, branch: str) -> bool:
+    try:
+        repo.git.show_ref("--verify", "--quiet", f"refs/heads/{branch}")
+        return True
+    except GitCommandError:
+        return False
+
+
+def _ensure_ignored(repo: git.Repo) -> None:
+    """Make .autoresearch/ ignored, via .git/info/exclude if the user's rules do not already."""
+    try:
+        repo.git.check_ignore("-q", "--no-index", str(WORKTREES / "probe"))
+        return
+    except GitCommandError:
+        pass
+    exclude = Path(repo.common_dir) / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+    sep = "" if not text or text.endswith("\n") else "\n"
+    with open(exclude, "a", encoding="utf-8") as f:
+        f.write(f"{sep}# autoresearch's worktrees and scratch\n/.autoresearch/\n")
+
+
+def _git_error(exc: GitCommandError) -> str:
+    """git's own message, one line."""
+    lines = [line.strip() for line in str(exc.stderr or exc).splitlines() if line.strip()]
+    message = lines[-1] if lines else str(exc)
+    return message.removeprefix("stderr:").strip().strip("'").removeprefix("fatal:").strip()
+
+
+class Workspace:
+    """One run's branch and worktree. All git operations of the loop go through here."""
+
+    def __init__(self, root: Path, tag: str, branch: str, path: Path):
+        self.root = root  # the user's checkout
+        self.tag = tag
+        self.branch = branch
+        self.path = path
+        self.repo = git.Repo(path)
+        self.repo.git.set_persistent_git_options(c=_CONFIG)
+        self._git = self.repo.git
+
+    @classmethod
+    def create(cls, repo_root: Path, tag: str) -> "Workspace":
+        """A new branch `autoresearch/<tag>` at the user's HEAD, checked out in a new worktree."""
+        user = _user_repo(repo_root)
+        branch = _check_tag(user, tag)
+        if _branch_exists(user, branch):
+            raise AutoresearchError(
+                f"branch {branch} already exists: add --resume to continue run '{tag}', or pick another --tag"
+            )
+        root = Path(user.working_tree_dir).resolve()
+        path = root / WORKTREES / tag
+        user.git.worktree("prune")
+        if path.exists():
+            raise AutoresearchError(f"{path} already exists; remove it or pick another --tag")
+        _ensure_ignored(user)
+        try:
+            user.git.worktree("add", "--quiet", "-b", branch, str(path), user.head.commit.hexsha)
+        except GitCommandError as exc:
+            raise AutoresearchError(f"cannot create the worktree for {branch}: {_git_error(exc)}") from None
+        return cls(root, tag, branch, path)
+
+    @classmethod
+    def open(cls, repo_root: Path, tag: str) -> "Workspace":
+        """The existing run `tag`; its worktree is re-created if it went missing."""
+        user = _user_repo(repo_root)
+        branch = _check_tag(user, tag)
+        if not _branch_exists(user, branch):
+            raise AutoresearchError(f"no run '{tag}': branch {branch} does not exist (start it without --resume)")
+        root = Path(user.working_tree_dir).resolve()
+        path = root / WORKTREES / tag
+        if not _is_worktree_of(path, branch):
+            user.git.worktree("prune")
+            if path.exists():
+                _remove_broken_worktree(user, path)
+            _ensure_ignored(user)
+            try:
+                user.git.worktree("add", "--quiet", str(path), branch)
+            except GitCommandError as exc:
+                raise AutoresearchError(f"cannot check out {branch} in {path}: {_git_error(exc)}") from None
+        return cls(root, tag, branch, path)
+
+    @staticmethod
+    def exists(repo_root: Path, tag: str) -> bool:
+        """True if run `tag` has a branch (a bad tag or a non-repository is an error)."""
+        user = _user_repo(repo_root)
+        return _branch_exists(user, _check_tag(user, tag))
+
+    # --- reading -----------------------------------------------------------
+
+    def head(self) -> str:
+        """Full sha of the branch tip."""
+        return self.repo.commit(f"refs/heads/{self.branch}").hexsha
+
+    def short(self, rev: str = "HEAD") -> str:
+        return self.repo.commit(rev).hexsha[:7]
+
+    def read(self, name: str = "train.py") -> str:
+        with open(self.path / name, encoding="utf-8", newline="") as f:
+            return f.read()
+
+    def read_at(self, rev: str, name: str = "train.py") -> str:
+        """A file as committed at `rev`."""
+        return self.repo.commit(rev).tree[name].data_stream.read().decode("utf-8")
+
+    def diff(self, a: str, b: str) -> str:
+        """Unified diff from commit `a` to commit `b`."""
+        return self._git.diff("--no-color", "--no-ext-diff", a, b, strip_newline_in_stdout=False)
+
+    def stray_changes(self, allow: tuple[str, ...] = ()) -> list[str]:
+        """Paths (relative to the worktree) that differ from HEAD, except those in `allow`.
+
+        Modified, deleted and staged tracked files, untracked files, and ignored files too (a
+        .pyc, a checkpoint train.py wrote): anything `revert_to` would have to undo.
+        """
+        out = self._git.status(
+            "--porcelain=v1", "-z", "--untracked-files=all", "--ignored", "--no-renames",
+            strip_newline_in_stdout=False,
+        )
+        paths = {entry[3:] for entry in out.split("\0") if len(entry) > 3}
+        return sorted(p for p in paths if p not in allow)
+
+    # --- changing (the worktree only) --------------------------------------
+
+    def write_train_py(self, text: str) -> None:
+        with open(self.path / "train.py", "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+    def commit(self, message: str) -> str:
+        """Commit train.py alone (whatever else changed) as autoresearch; returns the full sha.
+
+        `message`: first line the description, then a blank line and the hypothesis.
+        """
+        self._git.add("--", "train.py")
+        self._git.commit(
+            "--quiet", "--no-verify", "--allow-empty", "--allow-empty-message",
+            "--cleanup=whitespace", "-m", message, "--only", "--", "train.py",
+            env=_IDENTITY,
+        )
+        return self.head()
+
+    def revert_to(self, commit: str) -> None:
+        """Branch tip and worktree back to `commit`; everything untracked or ignored is deleted."""
+        self._git.reset("--hard", "--quiet", commit)
+        self._git.clean("-ffdxq")
+
+    def close(self) -> None:
+        """Stop GitPython's helper processes (the workspace stays usable; they restart on demand)."""
+        self.repo.close()
+
+
+def _is_worktree_of(path: Path, branch: str) -> bool:
+    if not (path / ".git").is_file():
+        return False
+    try:
+        repo = git.Repo(path)
+        try:
+            return repo.head.is_detached is False and repo.active_branch.name == branch
+        finally:
+            repo.close()
+    except (InvalidGitRepositoryError, NoSuchPathError, TypeError, ValueError):
+        return False
+
+
+def _remove_broken_worktree(user: git.Repo, path: Path) -> None:
+    """A leftover folder that is not a working checkout of the branch: remove it (it is ours)."""
+    try:
+        user.git.worktree("remove", "--force", str(path))
+    except GitCommandError:
+        pass
+    if path.exists():
+        shutil.rmtree(path)
+    user.git.worktree("prune")
