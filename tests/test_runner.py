@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from autoresearch.results import RunLock
 from autoresearch.runner import (
     MARKER,
     crash_reason,
@@ -285,8 +286,10 @@ def test_training_env_strips_credentials_and_the_child_does_not_see_them(tmp_pat
 HARNESS = """
 import os, sys
 from pathlib import Path
+from autoresearch.results import RunLock
 from autoresearch.runner import run_training, training_env
 folder = Path(sys.argv[1])
+RunLock(folder.parent / "run.lock").acquire()
 run_training(folder, folder / "run.log", 600, training_env(os.environ), pid_file=Path(sys.argv[2]))
 """
 
@@ -308,6 +311,8 @@ def test_kill_orphan_stops_training_left_by_a_killed_harness(tmp_path):
         harness.send_signal(signal.SIGKILL)  # kill -9: no cleanup runs
         harness.wait()
     assert not any(gone(pid, wait=0.5) for pid in pids)  # the orphans really are running
+    with RunLock(tmp_path / "run.lock"):  # the orphan did not inherit the harness's lock
+        pass
     assert kill_orphan(pid_file, grace=2) is True
     assert all(gone(pid) for pid in pids)
     assert not pid_file.exists()
