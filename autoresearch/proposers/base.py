@@ -64,6 +64,7 @@ class ProposerOptions:
     command: str | None = None
     seed: int = 0
     timeout: float = 600.0  # seconds for one API call or one agent command
+    api_retries: int = 4  # SDK retries of one API call on 429 / 5xx / connection errors
     max_edit_retries: int = 3
     prices: dict | None = None  # model -> (USD per 1M input tokens, USD per 1M output tokens)
 

@@ -1,0 +1,177 @@
+"""An external coding agent (Codex CLI, Claude Code, a script) as the proposer.
+
+`--command 'CMD'` runs CMD through the shell in the run's worktree, once per experiment, with a
+fresh context each time. The prompt (proposers/prompt.py, agent form) is on its stdin and in the
+file named by AUTORESEARCH_PROMPT_FILE. CMD edits train.py in place and may write a one-line
+description to the file named by AUTORESEARCH_DESCRIPTION_FILE. Both files live in a temporary
+directory outside the worktree, so they never dirty it. Also set for CMD:
+AUTORESEARCH_EXPERIMENT, and AUTORESEARCH_MODEL when --model was given. The environment is
+otherwise passed through unchanged: the agent needs its own API keys.
+
+train.py in the worktree is set to ctx.train_py first. CMD runs in its own process group. After `options.timeout` seconds the whole group gets SIGTERM,
+then SIGKILL after KILL_GRACE seconds. A timeout, a non-zero exit, or train.py left unchanged is
+a ProposerError carrying the tail of CMD's output. Otherwise the new train.py is read back (and
+left in place); the description comes from the description file, else a `DESCRIPTION:` line of
+the output; the hypothesis from a `HYPOTHESIS:` line, else the description.
+"""
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from autoresearch.edits import parse_reply
+from autoresearch.errors import AutoresearchError
+from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
+from autoresearch.proposers.prompt import build_agent_prompt
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the command's process group
+TAIL_CHARS = 4000  # of the command's output, in errors
+RAW_CHARS = 20_000  # of the command's output, kept in proposal.json
+
+
+class CommandProposer:
+    name = "command"
+    can_fix = True
+
+    def __init__(self, options: ProposerOptions):
+        if not options.command or not options.command.strip():
+            raise AutoresearchError("the command proposer needs a command: pass --command 'CMD'")
+        self.command = options.command
+        self.timeout = options.timeout
+        self.model = options.model or ""
+
+    def propose(self, ctx: Context) -> Proposal:
+        train = Path(ctx.workdir) / "train.py"
+        before = ctx.train_py
+        try:
+            if not train.exists() or train.read_text() != before:
+                train.write_text(before)  # the agent edits the version this context is about
+        except OSError as err:
+            raise ProposerError(f"command: cannot write {train}: {err.strerror}") from None
+        prompt = build_agent_prompt(ctx)
+        with tempfile.TemporaryDirectory(prefix="autoresearch-command-") as tmp:
+            prompt_file = Path(tmp) / "prompt.md"
+            description_file = Path(tmp) / "description.txt"
+            output_file = Path(tmp) / "output.log"
+            prompt_file.write_text(prompt)
+            env = dict(os.environ)
+            env["AUTORESEARCH_PROMPT_FILE"] = str(prompt_file)
+            env["AUTORESEARCH_DESCRIPTION_FILE"] = str(description_file)
+            env["AUTORESEARCH_EXPERIMENT"] = str(ctx.experiment)
+            if self.model:
+                env["AUTORESEARCH_MODEL"] = self.model
+            code, seconds, timed_out = self._run(ctx.workdir, env, prompt_file, output_file)
+            output = output_file.read_text(errors="replace")
+            description_text = description_file.read_text(errors="replace") if description_file.exists() else ""
+
+        tail = _tail(output)
+        if timed_out:
+            raise ProposerError(f"command timed out after {self.timeout:g}s (process group killed){tail}", raw=output[-RAW_CHARS:])
+        if code != 0:
+            raise ProposerError(f"command exited with {_exit_text(code)} after {seconds:.0f}s{tail}", raw=output[-RAW_CHARS:])
+        try:
+            after = train.read_text()
+        except OSError:
+            raise ProposerError(f"command removed train.py{tail}", raw=output[-RAW_CHARS:]) from None
+        if after == before:
+            raise ProposerError(f"command left train.py unchanged{tail}", raw=output[-RAW_CHARS:])
+
+        fields = parse_fields(output)
+        description = _first_line(description_text) or fields.description or "edit by external command"
+        return Proposal(
+            hypothesis=fields.hypothesis or description,
+            description=description,
+            train_py=after,
+            model=self.model,
+            prompt=prompt,
+            raw=output[-RAW_CHARS:],
+        )
+
+    def _run(self, workdir, env, prompt_file: Path, output_file: Path) -> tuple[int, float, bool]:
+        start = time.monotonic()
+        with open(prompt_file, "rb") as stdin, open(output_file, "wb") as out:
+            try:
+                proc = subprocess.Popen(
+                    self.command,
+                    shell=True,
+                    cwd=workdir,
+                    env=env,
+                    stdin=stdin,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: we can kill all of it
+                )
+            except OSError as err:
+                raise ProposerError(f"command could not start: {err.strerror}") from None
+            try:
+                code = proc.wait(timeout=self.timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                code, timed_out = proc.returncode, True
+            # Children it left behind (a language server, a watcher) go too.
+            _signal_group(proc.pid, signal.SIGKILL)
+        return code, time.monotonic() - start, timed_out
+
+
+def kill_group(proc: subprocess.Popen, grace: float | None = None) -> None:
+    """SIGTERM the process group, wait `grace` seconds, then SIGKILL whatever is left."""
+    grace = KILL_GRACE if grace is None else grace
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def parse_fields(output: str):
+    """HYPOTHESIS:/DESCRIPTION: lines of the agent's output (the last ones win over echoes)."""
+    lines = output.replace("\r\n", "\n").split("\n")
+    # Only look at lines outside SEARCH/REPLACE blocks; parse_reply would reject an unclosed one.
+    fields = [
+        line
+        for line in lines
+        if line.lstrip().upper().lstrip("*#>-_ ").startswith(("HYPOTHESIS", "DESCRIPTION"))
+        and not line.split(":", 1)[-1].strip().startswith("<")  # the prompt's template, echoed
+    ]
+    return parse_reply("\n".join(reversed(fields)))
+
+
+def _first_line(text: str) -> str:
+    for line in text.split("\n"):
+        if line.strip():
+            return " ".join(line.split())[:300]
+    return ""
+
+
+def _tail(output: str) -> str:
+    text = output.strip()
+    if not text:
+        return " (no output)"
+    if len(text) > TAIL_CHARS:
+        text = "..." + text[-TAIL_CHARS:]
+    return f"; output tail:\n{text}"
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
+
+
+REGISTRY["command"] = CommandProposer
