@@ -116,9 +116,9 @@ class Workspace:
             )
         root = Path(user.working_tree_dir).resolve()
         path = root / WORKTREES / tag
-        user.git.worktree("prune")
         if path.exists():
             raise AutoresearchError(f"{path} already exists; remove it or pick another --tag")
+        _unregister(user, path)
         _ensure_ignored(user)
         try:
             user.git.worktree("add", "--quiet", "-b", branch, str(path), user.head.commit.hexsha)
@@ -136,9 +136,9 @@ class Workspace:
         root = Path(user.working_tree_dir).resolve()
         path = root / WORKTREES / tag
         if not _is_worktree_of(path, branch):
-            user.git.worktree("prune")
-            if path.exists():
-                _remove_broken_worktree(user, path)
+            if path.exists():  # our own leftover, broken or on the wrong commit: start afresh
+                shutil.rmtree(path)
+            _unregister(user, path)
             _ensure_ignored(user)
             try:
                 user.git.worktree("add", "--quiet", str(path), branch)
@@ -228,12 +228,16 @@ def _is_worktree_of(path: Path, branch: str) -> bool:
         return False
 
 
-def _remove_broken_worktree(user: git.Repo, path: Path) -> None:
-    """A leftover folder that is not a working checkout of the branch: remove it (it is ours)."""
+def _unregister(user: git.Repo, path: Path) -> None:
+    """Forget our worktree at `path` if git still lists it (its folder may be gone or broken).
+
+    Deliberately not `git worktree prune`: that would also forget the user's own worktrees that
+    merely sit on a drive that is not mounted right now.
+    """
+    listed = user.git.worktree("list", "--porcelain").splitlines()
+    if f"worktree {path}" not in listed:
+        return
     try:
-        user.git.worktree("remove", "--force", str(path))
-    except GitCommandError:
-        pass
-    if path.exists():
-        shutil.rmtree(path)
-    user.git.worktree("prune")
+        user.git.worktree("remove", "--force", "--force", str(path))
+    except GitCommandError as exc:
+        raise AutoresearchError(f"cannot clear the old worktree {path}: {_git_error(exc)}") from None

@@ -254,3 +254,14 @@ def test_users_checkout_is_byte_for_byte_unchanged(lab):
     assert user_status(lab) == status
     assert " M program.md" in status and "?? notes.txt" in status and "M  README.md" in status
     assert git.Repo(lab).active_branch.name == "main"
+
+
+def test_users_own_missing_worktree_is_not_pruned(lab, tmp_path):
+    # e.g. a worktree on a drive that is not mounted right now
+    user = git.Repo(lab)
+    user.git.worktree("add", "-q", "-b", "side", str(tmp_path / "usb" / "side"))
+    shutil.rmtree(tmp_path / "usb")
+    ws = Workspace.create(lab, "t")
+    shutil.rmtree(ws.path)
+    Workspace.open(lab, "t")
+    assert f"worktree {tmp_path / 'usb' / 'side'}" in user.git.worktree("list", "--porcelain").splitlines()
