@@ -13,6 +13,8 @@ SIZE = (16, 8)  # inches
 DPI = 100
 MAX_LABELS = 60  # beyond this the labels pile up into a smear; the biggest wins keep theirs
 LABEL_CHARS = 45
+# fixed margins instead of tight_layout(): that costs a whole extra draw (~0.3 s at 10,000 points)
+MARGINS = dict(left=0.06, right=0.985, bottom=0.075, top=0.94)
 
 
 def _pyplot():
@@ -40,8 +42,10 @@ def y_range(baseline: float, best: float) -> tuple[float, float]:
 def _draw_run(ax, rows: list[dict], kept: list[dict], color: str, label: str | None, labels: bool):
     valid = [r for r in rows if r["status"] != "crash"]
     discards = [r for r in valid if r["status"] == "discard"]
-    ax.scatter([r["experiment"] for r in discards], [r["val_bpb"] for r in discards],
-               c="#cccccc", s=12, alpha=0.5, zorder=2, label=None if label else "Discarded")
+    # plot() with a marker draws 10,000 dots far faster than scatter(); it looks the same (s=12)
+    ax.plot([r["experiment"] for r in discards], [r["val_bpb"] for r in discards], linestyle="none",
+            marker="o", markersize=12 ** 0.5, markeredgewidth=0, color="#cccccc", alpha=0.5, zorder=2,
+            label=None if label else "Discarded")
     ax.scatter([k["experiment"] for k in kept], [k["val_bpb"] for k in kept], c=color, s=50,
                zorder=4, edgecolors="black", linewidths=0.5, label=f"Kept ({label})" if label else "Kept")
     if kept:
@@ -77,8 +81,7 @@ def _finish(plt, fig, ax, path: Path, title: str, low: float, high: float):
         path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Glyph .* missing")  # CJK/emoji labels
-            fig.tight_layout()
-            fig.savefig(path, dpi=DPI)
+            fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 3})  # default 6: slower, barely smaller
     except OSError as err:
         raise AutoresearchError(f"cannot write the plot to {path}: {err.strerror or err}")
     finally:
@@ -89,10 +92,13 @@ def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
     """Draw one run's progress (rows from analysis.read_results, summary from summarize)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=SIZE)
+    fig.subplots_adjust(**MARGINS)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
         _draw_run(ax, rows, summary["kept"], "#2ecc71", None, labels=True)
         _mark_crashes(ax, rows)
+    left, right = ax.get_xlim()
+    ax.set_xlim(left, right + (right - left) * 0.08)  # room for the last labels, rotated up-right
     n, k = summary["experiments"], summary["counts"]["keep"]
     title = f"{n} experiments, {k} kept" + (f"  ({summary['tag']})" if summary.get("tag") else "")
     if summary["baseline"] and summary["best"]:
@@ -124,6 +130,7 @@ def plot_compare(runs: list[tuple[list[dict], dict]], path: Path) -> Path:
     """Several runs on one axis: each run's kept points and running best in its own colour."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=SIZE)
+    fig.subplots_adjust(**MARGINS)
     bounds = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")

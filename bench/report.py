@@ -9,6 +9,7 @@ goal is under 2 s for text + JSON + plot together, each run in a fresh interpret
 
 import argparse
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,10 +63,15 @@ def write_tsv(path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
-def timed(args: list[str]) -> float:
+def timed(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + sys) of one fresh `python -m autoresearch` run; CPU
+    time is the steadier figure when other jobs share the machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     subprocess.run([sys.executable, "-m", "autoresearch", *args], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - began
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main():
@@ -84,10 +90,11 @@ def main():
                                     "--json", "--markdown", str(out / "report.md")],
     }
     print(f"{args.rows} rows ({tsv.stat().st_size / 1e6:.1f} MB), {args.repeats} runs each, fresh interpreter")
-    print(f"{'case':<26}{'median s':>10}{'min s':>8}{'max s':>8}")
+    print(f"{'case':<26}{'median s':>10}{'min s':>8}{'max s':>8}{'median cpu s':>14}")
     for name, argv in cases.items():
-        times = [timed(argv) for _ in range(args.repeats)]
-        print(f"{name:<26}{statistics.median(times):>10.2f}{min(times):>8.2f}{max(times):>8.2f}")
+        walls, cpus = zip(*(timed(argv) for _ in range(args.repeats)))
+        print(f"{name:<26}{statistics.median(walls):>10.2f}{min(walls):>8.2f}{max(walls):>8.2f}"
+              f"{statistics.median(cpus):>14.2f}")
 
 
 if __name__ == "__main__":
