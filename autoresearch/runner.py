@@ -247,6 +247,7 @@ def run_training(
                 log.write(f"could not start {command[0]}: {exc}\n".encode())
                 reason = f"could not start {Path(command[0]).name}: {exc.strerror or exc}"
                 return RunResult("crash", {}, log_path, time.monotonic() - start, None, reason)
+            _oom_first(popen.pid)
             tracker = _Tracker(popen, marker, pid_file)
             timed_out = _wait(tracker, start + timeout, kill_grace)
             killed = tracker.kill_everything()
@@ -260,6 +261,15 @@ def run_training(
     result = judge(_tail(log_path), popen.returncode, timed_out, timeout)
     result.log_path, result.seconds, result.children_killed = log_path, seconds, killed
     return result
+
+
+def _oom_first(pid: int) -> None:
+    """Make the kernel's OOM killer pick train.py (and what it forks later), not the harness."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:  # not Linux, or already gone
+        pass
 
 
 def _wait(tracker: _Tracker, deadline: float, kill_grace: float) -> bool:

@@ -209,6 +209,18 @@ def test_children_started_just_before_exit_are_killed(tmp_path):
     assert all(gone(int(pid)) for pid in (folder / "pids").read_text().split())
 
 
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="Linux only")
+def test_training_is_the_oom_killers_first_choice(tmp_path):
+    # a train.py that fills memory must be the process the kernel kills, not the harness
+    folder = script(tmp_path, """
+        import time
+        time.sleep(0.2)  # the harness sets it right after the process starts
+        open("adj", "w").write(open("/proc/self/oom_score_adj").read())
+    """, SUMMARY)
+    assert run(folder).status == "ok"
+    assert (folder / "adj").read_text().strip() == "1000"
+
+
 def test_ten_megabytes_of_output_do_not_deadlock(tmp_path):
     folder = script(tmp_path, """
         import sys
