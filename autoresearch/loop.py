@@ -1,0 +1,714 @@
+"""The experiment loop: propose one change to train.py, train it, keep it if val_bpb went down.
+
+    lock results/<tag>/; open the run branch and its worktree (create them for a new tag)
+    stop any training a killed harness left behind; move the branch to the best kept commit
+    until a limit is reached:
+        no kept row yet  -> train the unmodified baseline
+        otherwise        -> fresh context (program.md from the user's checkout, best train.py,
+                            lab contract, every row so far) -> propose ONE change -> commit ->
+                            train -> on a crash, up to 2 fix attempts of the same idea
+        keep if val_bpb beat the best, else crash/discard; append the row (fsynced);
+        move the branch back to the best commit if it was not kept
+
+Crash consistency: results.tsv is the only record that counts
+---------------------------------------------------------------
+The branch, the worktree and runs/NNNN are all rebuilt from the rows, so a `kill -9` at any
+moment loses no finished experiment and writes none twice:
+
+- An experiment's artefacts (runs/NNNN/diff.patch, proposal.json, run.log) are written first, then
+  its row is appended and fsynced: the append is the commit point. Only then does the branch move
+  back to the best commit (for a discard or crash).
+- On every start the branch is reset to the best kept commit named by the rows (the last `keep`
+  row's commit; before any keep, the run's base commit), which also drops an experiment commit or
+  an edit in the worktree that never got its row, and stops a training process left running by
+  the dead harness (training.json).
+- The next experiment number is one past the last row, so an experiment that died before its row
+  is simply run again under the same number; its runs/NNNN folder is emptied first.
+- A row torn by a kill mid-write is ignored by ResultsFile, so that experiment is redone too.
+- Only the counters in run.json (failed proposals and their cost) can lose the last increment.
+
+Ctrl-C and SIGTERM stop the run the same way: the runner kills the training process group, the
+worktree goes back to the best commit, run.json says `stopped`, and `--resume` continues.
+"""
+
+import ast
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.live import View, make_view
+from autoresearch.proposers import Context, Proposal, ProposerError, ProposerOptions, Usage
+from autoresearch.results import ResultsFile, Row, RunLock, RunState, utc_now
+from autoresearch.runner import RunResult, kill_orphan, run_training, training_env
+from autoresearch.workspace import Workspace
+
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_BUDGET = 300.0  # seconds, when neither --time-budget nor prepare.py says otherwise
+LOG_TAIL_LINES = 50
+
+
+pause_sleep = time.sleep  # a module attribute, so tests can count the pauses
+
+
+def lower_is_better(val_bpb: float, best: float) -> bool:
+    """Upstream's acceptance rule: keep only a strictly lower val_bpb."""
+    return val_bpb < best
+
+
+@dataclass
+class RunConfig:
+    repo_root: Path
+    tag: str
+    resume: bool = False
+    proposer: str = "hparam"
+    options: ProposerOptions = field(default_factory=ProposerOptions)
+    max_experiments: int | None = None  # rows in results.tsv, baseline included
+    max_hours: float | None = None  # wall clock of this invocation
+    max_cost: float | None = None  # USD: rows' cost plus failed proposals' cost
+    profile: str | None = None  # passed to the lab as AUTORESEARCH_PROFILE
+    time_budget: float | None = None  # passed to the lab as AUTORESEARCH_TIME_BUDGET
+    timeout: float | None = None  # hard limit per training run; default budget + max(budget, 120)
+    max_fix_attempts: int = 2
+    max_consecutive_proposer_failures: int = 5
+    pause_seconds: float = 60.0  # first pause after too many proposer failures in a row
+    pause_max_seconds: float = 3600.0  # pauses double up to this
+    accept: Callable[[float, float], bool] = lower_is_better  # (val_bpb, best) -> keep?
+    training_command: list[str] | None = None  # default: python train.py (the runner's)
+    extra_env: dict[str, str] = field(default_factory=dict)  # more lab variables for training
+
+
+@dataclass
+class RunOutcome:
+    state: str  # "done" | "stopped"
+    exit_code: int  # 0 done, 130 stopped
+    message: str
+    rows: int
+    best_val_bpb: float | None
+    best_commit: str
+
+
+@dataclass
+class Trained:
+    """A training run as the loop judges it."""
+
+    result: RunResult
+    status: str  # "keep" (finished, to be compared with the best) or "crash"
+    reason: str
+    fixable: bool = False  # a crash the proposer may be shown (not a timeout, not a tampering)
+    val_bpb: float = 0.0
+
+
+class RunPaths:
+    def __init__(self, repo_root: Path, tag: str):
+        self.dir = Path(repo_root) / "results" / tag
+        self.results = self.dir / "results.tsv"
+        self.state = self.dir / "run.json"
+        self.lock = self.dir / "run.lock"
+        self.training = self.dir / "training.json"
+
+    def run_dir(self, experiment: int) -> Path:
+        return self.dir / "runs" / f"{experiment:04d}"
+
+
+def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcome:
+    """Run experiments until a limit is reached or the user stops it. Bad setup raises
+    AutoresearchError. `proposer` and `view` default to the configured backend and make_view()."""
+    if proposer is None:
+        from autoresearch.proposers import get_proposer
+
+        proposer = get_proposer(config.proposer, config.options)
+    view = view or make_view(config.tag)
+    paths = RunPaths(config.repo_root, config.tag)
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _stop_signals_as_interrupt(), RunLock(paths.lock):
+            session = Session(config, proposer, view, paths)
+            try:
+                session.start()
+                return session.loop()
+            except KeyboardInterrupt:
+                return session.stop()
+            except BaseException:
+                session.clean_up()  # a bug or a bad setup: still leave no training, no half change
+                raise
+    finally:
+        view.close()
+
+
+class Session:
+    """One invocation of `autoresearch run` on one tag."""
+
+    def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths):
+        self.config, self.proposer, self.view, self.paths = config, proposer, view, paths
+        self.results = ResultsFile(paths.results)
+        self.rows: list[Row] = []
+        self.state: dict = {}  # run.json as last saved
+        self.workspace: Workspace | None = None
+        self.best_commit = ""  # short hash the branch tip returns to
+        self.best: float | None = None  # its val_bpb; None until the baseline is kept
+        self.failures_in_a_row = 0
+        self.pauses = 0
+        self.started = time.monotonic()
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self.rows = self.results.rows()
+        self.workspace, self.state = self.open_workspace()
+        kill_orphan(self.paths.training)
+        self.best_commit, self.best = self.best_from_rows()
+        self.workspace.revert_to(self.best_commit)
+        self.save_state(
+            state="running", pid=os.getpid(), proposer=self.proposer_name,
+            model=cfg.options.model or "", max_experiments=cfg.max_experiments,
+        )
+        self.view.start(self.proposer_name, cfg.options.model or "", [r.as_dict() for r in self.rows])
+
+    def open_workspace(self) -> tuple[Workspace, dict]:
+        """Create the run for a new tag, or continue it. A tag is new until results/<tag>/run.json
+        exists; with run.json, the same command (or --resume) continues the run."""
+        cfg = self.config
+        root, tag = Path(cfg.repo_root), cfg.tag
+        state = RunState.load(self.paths.state)
+        has_branch = Workspace.exists(root, tag)
+        if not state:
+            if cfg.resume:
+                raise AutoresearchError(f"no run '{tag}' to resume (no {self.paths.state}); drop --resume to start it")
+            if has_branch:
+                raise AutoresearchError(
+                    f"branch autoresearch/{tag} already exists but was not started here; "
+                    f"pick another --tag (or delete the branch)"
+                )
+            # Saved first, so a kill before the branch exists leaves a resumable run.
+            state = RunState.save(
+                self.paths.state, tag=tag, branch=f"autoresearch/{tag}", started_at=utc_now(),
+                failed_proposals=0, proposal_cost_usd=0.0, base_commit="",
+            )
+        if not has_branch:
+            if self.rows:
+                raise AutoresearchError(
+                    f"results/{tag} has rows but branch autoresearch/{tag} is gone; start a new --tag"
+                )
+            workspace = Workspace.create(root, tag)
+            base = workspace.head()
+        else:
+            workspace = Workspace.open(root, tag)
+            # Before the first row nothing is committed on the branch, so its tip is the base
+            # (this covers a kill between creating the branch and saving run.json).
+            base = state.get("base_commit") or workspace.head()
+        state = RunState.save(self.paths.state, base_commit=base, worktree=str(workspace.path))
+        return workspace, state
+
+    def best_from_rows(self) -> tuple[str, float | None]:
+        kept = [row for row in self.rows if row.status == "keep"]
+        if kept:
+            return kept[-1].commit, float(kept[-1].val_bpb)
+        return self.workspace.short(self.state["base_commit"]), None
+
+    def stop(self) -> RunOutcome:
+        """Ctrl-C / SIGTERM: no training left behind, no half-applied change, state `stopped`."""
+        self.clean_up()
+        message = f"stopped; resume with: autoresearch run --tag {self.config.tag} --resume"
+        self.view.note(message)
+        return self.outcome("stopped", 130, message)
+
+    def clean_up(self) -> None:
+        previous = _ignore_stop_signals()  # a second Ctrl-C must not interrupt the clean-up
+        try:
+            kill_orphan(self.paths.training)
+            if self.workspace is not None:
+                self.workspace.revert_to(self.best_commit or self.state["base_commit"])
+            if self.state:
+                self.save_state(state="stopped")
+        finally:
+            _restore_signals(previous)
+
+    def finish(self, why: str) -> RunOutcome:
+        self.save_state(state="done")
+        best = f"best val_bpb {self.best:.6f} at {self.best_commit}" if self.best is not None else "no baseline yet"
+        message = f"done ({why}): {len(self.rows)} experiments, {best}; results in {self.paths.results}"
+        self.view.note(message)
+        return self.outcome("done", 0, message)
+
+    def outcome(self, state: str, code: int, message: str) -> RunOutcome:
+        return RunOutcome(state, code, message, len(self.rows), self.best, self.best_commit)
+
+    def save_state(self, **fields) -> None:
+        self.state = RunState.save(self.paths.state, **fields)
+
+    @property
+    def proposer_name(self) -> str:
+        return getattr(self.proposer, "name", self.config.proposer)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def loop(self) -> RunOutcome:
+        while True:
+            why = self.limit_reached()
+            if why:
+                return self.finish(why)
+            if self.best is None:
+                self.baseline()
+            else:
+                self.experiment()
+
+    def limit_reached(self) -> str | None:
+        cfg = self.config
+        if cfg.max_experiments is not None and len(self.rows) >= cfg.max_experiments:
+            return f"--max-experiments {cfg.max_experiments}"
+        if cfg.max_hours is not None and time.monotonic() - self.started >= cfg.max_hours * 3600:
+            return f"--max-hours {cfg.max_hours:g}"
+        if cfg.max_cost is not None and self.total_cost() >= cfg.max_cost:
+            return f"--max-cost {cfg.max_cost:g} (spent ${self.total_cost():.4f})"
+        return None
+
+    def total_cost(self) -> float:
+        return sum(float(row.cost_usd or 0) for row in self.rows) + float(self.state.get("proposal_cost_usd") or 0)
+
+    def baseline(self) -> None:
+        """Train the run's start commit unchanged; its val_bpb is the first best."""
+        n = self.results.next_experiment()
+        folder = self.fresh_run_dir(n)
+        started_at, t0 = utc_now(), time.monotonic()
+        commit = self.workspace.short(self.state["base_commit"])
+        trained = self.train_and_check(n, folder)
+        self.view.phase(n, "logging")
+        (folder / "diff.patch").write_text("")
+        _write_json(folder / "proposal.json", {"experiment": n, "proposer": "baseline", "attempts": []})
+        status, reason = trained.status, trained.reason
+        row = self.make_row(n, commit, commit, status, reason, trained.result, "baseline",
+                            "the unmodified train.py sets the bar", "baseline", "", Usage(), started_at, t0)
+        self.record(row, keep=status == "keep")
+        if status == "crash":
+            raise AutoresearchError(
+                f"the unmodified baseline crashed ({reason}); see {folder / 'run.log'}, fix the lab, "
+                f"then resume with: autoresearch run --tag {self.config.tag} --resume"
+            )
+
+    def experiment(self) -> None:
+        """One idea: propose, commit, train (and fix a crash up to twice), keep or revert, log."""
+        n = self.results.next_experiment()
+        folder = self.fresh_run_dir(n)
+        started_at, t0 = utc_now(), time.monotonic()
+        parent = self.best_commit
+        record = {"experiment": n, "proposer": self.proposer_name, "attempts": [], "failures": []}
+        idea = self.propose_until_usable(self.context(n), record, folder)
+        if idea is None:  # a limit was reached while the proposer kept failing
+            return
+        proposal, usage = idea, idea.usage
+        commit = self.apply(n, proposal)
+        trained = self.train_and_check(n, folder)
+        for attempt in range(1, self.config.max_fix_attempts + 1):
+            if not trained.fixable or not getattr(self.proposer, "can_fix", True):
+                break
+            fix = self.propose_fix(n, attempt, proposal, trained, record, folder)
+            usage = usage + fix.usage if isinstance(fix, Proposal) else usage + fix
+            if not isinstance(fix, Proposal):
+                break
+            proposal = fix
+            commit = self.apply(n, proposal)
+            trained = self.train_and_check(n, folder)
+        status, reason = trained.status, trained.reason
+        if status == "keep" and not self.config.accept(trained.val_bpb, self.best):
+            status = "discard"
+        self.view.phase(n, "logging")
+        (folder / "diff.patch").write_text(self.workspace.diff(parent, commit))
+        _write_json(folder / "proposal.json", record)
+        row = self.make_row(n, commit, parent, status, reason, trained.result, idea.description,
+                            idea.hypothesis, self.proposer_name, proposal.model or idea.model, usage,
+                            started_at, t0)
+        self.record(row, keep=status == "keep")
+
+    def propose_fix(self, n: int, attempt: int, crashed: Proposal, trained: "Trained", record: dict,
+                    folder: Path) -> Proposal | Usage:
+        """Show the proposer why its change crashed; a usable fix, or the Usage of a failed ask."""
+        log = folder / f"run.crash{attempt}.log"
+        (folder / "run.log").rename(log)  # run.log is always the attempt the row describes
+        ctx = self.context(n, train_py=crashed.train_py, feedback=_feedback(trained.reason, log))
+        self.view.phase(n, "fixing")
+        try:
+            fix = self.proposer.propose(ctx)
+            self.only_train_py_changed(fix)
+            if fix.train_py == crashed.train_py:
+                raise ProposerError("the fix leaves train.py unchanged", fix.usage, fix.raw)
+        except ProposerError as err:
+            self.workspace.revert_to(self.workspace.head())  # undo what an agent left half-done
+            record["attempts"].append({"fix": attempt, "error": str(err), "raw": _clip(err.raw),
+                                       "usage": asdict(err.usage)})
+            return err.usage
+        record["attempts"].append(_proposal_record(fix, ctx, fix=attempt))
+        return fix
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def context(self, n: int, train_py: str | None = None, feedback: str | None = None) -> Context:
+        """A fresh context: nothing carries over from the last call but the rows."""
+        self.view.phase(n, "context")
+        program = Path(self.config.repo_root) / "program.md"
+        return Context(
+            program=program.read_text() if program.is_file() else "",
+            train_py=train_py if train_py is not None else self.workspace.read(),
+            lab_contract=lab_contract((self.workspace.path / "prepare.py").read_text()),
+            history=[row.as_dict() for row in self.rows],
+            workdir=self.workspace.path,
+            experiment=n,
+            profile=self.profile(),
+            feedback=feedback,
+        )
+
+    def propose_until_usable(self, ctx: Context, record: dict, folder: Path) -> Proposal | None:
+        """Ask until the proposer gives a usable change; pause after too many failures in a row.
+        Returns None when a limit (hours, cost) is reached meanwhile."""
+        cfg = self.config
+        while True:
+            self.view.phase(ctx.experiment, "proposing")
+            try:
+                proposal = self.proposer.propose(ctx)
+                self.only_train_py_changed(proposal)
+                if proposal.train_py == ctx.train_py:
+                    raise ProposerError("the proposal leaves train.py unchanged", proposal.usage, proposal.raw)
+            except ProposerError as err:
+                self.workspace.revert_to(self.best_commit)
+                self.failures_in_a_row += 1
+                self.save_state(
+                    failed_proposals=int(self.state.get("failed_proposals") or 0) + 1,
+                    proposal_cost_usd=float(self.state.get("proposal_cost_usd") or 0) + err.usage.cost_usd,
+                )
+                record["failures"].append({"error": str(err), "raw": _clip(err.raw), "usage": asdict(err.usage)})
+                _write_json(folder / "proposal.json", record)
+                self.view.note(f"[{ctx.experiment:04d}] proposer failed ({self.failures_in_a_row} in a row): {err}")
+                if self.limit_reached():
+                    return None
+                if self.failures_in_a_row >= cfg.max_consecutive_proposer_failures:
+                    self.pause()
+                continue
+            self.failures_in_a_row = 0
+            self.pauses = 0
+            record["attempts"].append(_proposal_record(proposal, ctx))
+            return proposal
+
+    def pause(self) -> None:
+        """Too many proposer failures in a row (API down, out of credit): wait, then try again."""
+        cfg = self.config
+        seconds = min(cfg.pause_max_seconds, cfg.pause_seconds * 2**self.pauses)
+        self.pauses += 1
+        self.failures_in_a_row = 0
+        self.save_state(state="paused")
+        self.view.note(
+            f"paused: the proposer failed {cfg.max_consecutive_proposer_failures} times in a row; "
+            f"trying again in {seconds:g} s (Ctrl-C stops; resume later with --resume)"
+        )
+        self.view.phase(None, "paused", timeout=seconds)
+        pause_sleep(seconds)
+        self.save_state(state="running")
+
+    def only_train_py_changed(self, proposal: Proposal | None = None) -> None:
+        """A proposer (an external agent) that touched any other path is a failed proposal."""
+        stray = self.workspace.stray_changes(allow=("train.py",))
+        if stray:
+            raise ProposerError(
+                "the proposer changed files other than train.py: " + ", ".join(stray),
+                proposal.usage if proposal else Usage(),
+            )
+
+    def apply(self, n: int, proposal: Proposal) -> str:
+        self.view.phase(n, "committing")
+        self.workspace.write_train_py(proposal.train_py)
+        message = f"{_one_line(proposal.description)}\n\n{proposal.hypothesis}\n\nExperiment: {n}\n"
+        return self.workspace.short(self.workspace.commit(message))
+
+    def train(self, n: int, log: Path) -> RunResult:
+        budget, timeout = self.budget_and_timeout()
+        self.view.phase(n, "training", budget=budget, timeout=timeout)
+        return run_training(
+            self.workspace.path, log, timeout, self.training_env(),
+            command=self.config.training_command, pid_file=self.paths.training,
+        )
+
+    def train_and_check(self, n: int, folder: Path) -> "Trained":
+        """Train the worktree's commit; anything the run wrote or changed besides train.py makes
+        it a crash and is undone."""
+        result = self.train(n, folder / "run.log")
+        self.view.phase(n, "checking")
+        stray = self.workspace.stray_changes()
+        if stray:
+            self.workspace.revert_to(self.workspace.head())
+            return Trained(result, "crash", _stray_reason(stray, self.workspace))
+        if result.status != "ok":
+            return Trained(result, "crash", result.reason or result.status,
+                           fixable=result.status in ("crash", "diverged"))
+        val = result.metrics.get("val_bpb")
+        if not isinstance(val, (int, float)) or not math.isfinite(val):
+            return Trained(result, "crash", f"val_bpb is {val}")
+        return Trained(result, "keep", "", val_bpb=float(val))  # the caller decides keep/discard
+
+    def make_row(self, n, commit, parent, status, reason, result, description, hypothesis,
+                 proposer, model, usage: Usage, started_at, t0) -> Row:
+        m = result.metrics if status != "crash" else {}
+        return Row(
+            commit=commit,
+            val_bpb=float(m.get("val_bpb", 0.0)),
+            memory_gb=float(m.get("peak_vram_mb", 0.0)) / 1024,
+            status=status,
+            description=description,
+            experiment=n,
+            hypothesis=hypothesis,
+            proposer=proposer,
+            model=model,
+            reason=reason,
+            training_seconds=m.get("training_seconds"),
+            total_seconds=m.get("total_seconds"),
+            num_steps=m.get("num_steps"),
+            mfu_percent=m.get("mfu_percent"),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=usage.cost_usd,
+            started_at=started_at,
+            wall_seconds=time.monotonic() - t0,
+            parent=parent,
+        )
+
+    def record(self, row: Row, keep: bool) -> None:
+        """Append the row (the commit point), then move the branch back unless it was kept."""
+        self.results.append(row)
+        self.rows.append(row)
+        previous = self.best
+        if keep:
+            self.best_commit, self.best = row.commit, float(row.val_bpb)
+        else:
+            self.workspace.revert_to(self.best_commit)
+        delta = None if previous is None or row.status == "crash" else float(row.val_bpb) - previous
+        self.view.row(row.as_dict(), delta)
+
+    # -- small helpers -------------------------------------------------------------------------
+
+    def fresh_run_dir(self, n: int) -> Path:
+        folder = self.paths.run_dir(n)
+        if folder.exists():  # an experiment that died before its row: redo it from scratch
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        return folder
+
+    def profile(self) -> str:
+        return self.config.profile or os.environ.get("AUTORESEARCH_PROFILE") or _detect_profile()
+
+    def budget_and_timeout(self) -> tuple[float, float]:
+        cfg = self.config
+        budget = cfg.time_budget or _env_float("AUTORESEARCH_TIME_BUDGET") or lab_time_budget(
+            (self.workspace.path / "prepare.py").read_text(), self.profile()
+        )
+        return budget, cfg.timeout or budget + max(budget, 120.0)
+
+    def training_env(self) -> dict[str, str]:
+        cfg, extra = self.config, dict(self.config.extra_env)
+        if cfg.profile:
+            extra["AUTORESEARCH_PROFILE"] = cfg.profile
+        if cfg.time_budget:
+            extra["AUTORESEARCH_TIME_BUDGET"] = f"{cfg.time_budget:g}"
+        return training_env(os.environ, extra)
+
+
+def run_from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", model: str | None = None,
+                 base_url: str | None = None, command: str | None = None, seed: int = 0,
+                 profile: str | None = None, **limits) -> int:
+    """`autoresearch run`: check the options, run, print how it ended; returns the exit code."""
+    from autoresearch.lab import find_lab
+
+    if not TAG.match(tag) or ".." in tag or tag.endswith(".lock"):
+        raise AutoresearchError(f"bad --tag {tag!r}: use letters, digits, '.', '_' and '-' (e.g. mar5)")
+    if profile not in (None, "gpu", "cpu"):
+        raise AutoresearchError(f"bad --profile {profile!r}: use gpu or cpu")
+    root = find_lab(Path(repo or Path.cwd()).resolve())
+    options = ProposerOptions(model=model, base_url=base_url, command=command, seed=seed)
+    config = RunConfig(repo_root=root, tag=tag, proposer=proposer, options=options, profile=profile, **limits)
+    return run(config).exit_code  # the view has shown how it ended
+
+
+# ---------------------------------------------------------------------------
+# The lab contract, read from prepare.py in the worktree
+# ---------------------------------------------------------------------------
+
+
+def lab_contract(prepare_py: str) -> str:
+    """prepare.py's fixed parts as compact text: its UPPER_CASE constants (with their comments)
+    and the evaluate_bpb function, which is the metric."""
+    try:
+        tree = ast.parse(prepare_py)
+    except SyntaxError:
+        return prepare_py
+    lines = prepare_py.splitlines()
+    constants, metric = [], []
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            if names and all(name.isupper() for name in names):
+                constants.append("\n".join(lines[node.lineno - 1 : node.end_lineno]))
+        elif isinstance(node, ast.FunctionDef) and node.name == "evaluate_bpb":
+            first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+            metric.append("\n".join(lines[first - 1 : node.end_lineno]))
+    parts = ["# prepare.py constants (fixed)", *constants]
+    if metric:
+        parts += ["", "# the metric (fixed)", *metric]
+    return "\n".join(parts) + "\n"
+
+
+def lab_time_budget(prepare_py: str, profile: str) -> float:
+    """The training budget prepare.py sets for this profile: a `TIME_BUDGET` key in the profile's
+    dict literal, else a top-level TIME_BUDGET number, else DEFAULT_BUDGET."""
+    try:
+        tree = ast.parse(prepare_py)
+    except SyntaxError:
+        return DEFAULT_BUDGET
+    top = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and key.value == profile and isinstance(value, ast.Dict):
+                    found = _dict_number(value, "TIME_BUDGET")
+                    if found:
+                        return found
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TIME_BUDGET" for t in node.targets):
+            top = _number(node.value) or top
+    return top or DEFAULT_BUDGET
+
+
+def _dict_number(node: ast.Dict, name: str) -> float | None:
+    for key, value in zip(node.keys, node.values):
+        if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.upper() == name:
+            return _number(value)
+    return None
+
+
+def _number(node) -> float | None:
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, SyntaxError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _detect_profile() -> str:
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _env_float(name: str) -> float | None:
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no description)"
+
+
+def _clip(text: str, limit: int = 20_000) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
+
+
+def _feedback(reason: str, log: Path) -> str:
+    tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if log.exists() else []
+    return (
+        f"The last attempt of this change crashed: {reason}.\n"
+        f"The last {len(tail)} lines of its log:\n" + "\n".join(tail) + "\n"
+        "Fix the cause with the smallest edit; keep the idea."
+    )
+
+
+def _stray_reason(stray: list[str], workspace: Workspace) -> str:
+    """`modified prepare.py`, `wrote files: a, b`, or both."""
+    tracked = set(workspace.repo.git.ls_files("-z", "--", *stray[:1000]).split("\0")) - {""}
+    modified = [p for p in stray if p in tracked]
+    written = [p for p in stray if p not in tracked]
+    parts = (["modified " + _names(modified)] if modified else []) + (
+        ["wrote files: " + _names(written)] if written else []
+    )
+    return "; ".join(parts)
+
+
+def _names(paths: list[str], shown: int = 5) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
+def _proposal_record(proposal: Proposal, ctx: Context, fix: int = 0) -> dict:
+    return {
+        "fix": fix,
+        "feedback": ctx.feedback,
+        "hypothesis": proposal.hypothesis,
+        "description": proposal.description,
+        "model": proposal.model,
+        "edit_attempts": proposal.attempts,
+        "usage": asdict(proposal.usage),
+        "prompt": proposal.prompt,
+        "raw": proposal.raw,
+        "train_py": proposal.train_py,
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Signals: SIGTERM (and SIGHUP) stop the run like Ctrl-C
+# ---------------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def _stop_signals_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        old = signal.getsignal(sig)
+        if old is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
+            previous[sig] = signal.signal(sig, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _ignore_stop_signals() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
