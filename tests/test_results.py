@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -187,7 +186,6 @@ def test_utc_now_format():
 
 HOLD_LOCK = """
 import sys, time
-from pathlib import Path
 from autoresearch.results import RunLock
 lock = RunLock(Path(sys.argv[1]))
 lock.acquire()
