@@ -186,6 +186,7 @@ def test_utc_now_format():
 
 HOLD_LOCK = """
 import sys, time
+from pathlib import Path
 from autoresearch.results import RunLock
 lock = RunLock(Path(sys.argv[1]))
 lock.acquire()
