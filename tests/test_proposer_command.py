@@ -1,0 +1,200 @@
+"""The command proposer: a real shell command edits train.py in the worktree."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import autoresearch.proposers.command as command_module
+from autoresearch.errors import AutoresearchError
+from autoresearch.proposers import Context, ProposerError, ProposerOptions, get_proposer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRAIN_PY = "MATRIX_LR = 0.04  # Muon LR\nprint('---')\n"
+PY = shlex.quote(sys.executable)
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    wd = tmp_path / "worktree"
+    wd.mkdir()
+    (wd / "train.py").write_text(TRAIN_PY)
+    return wd
+
+
+def ctx(workdir, **kw) -> Context:
+    defaults = dict(program="Lower val_bpb.", train_py=TRAIN_PY, lab_contract="TIME_BUDGET = 300", history=[],
+                    workdir=workdir, experiment=3, profile="cpu")
+    defaults.update(kw)
+    return Context(**defaults)
+
+
+def command(cmd: str, timeout: float = 30, model: str | None = None):
+    return get_proposer("command", ProposerOptions(command=cmd, timeout=timeout, model=model))
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_shell_command_edit_and_description_file_become_the_proposal(workdir):
+    cmd = ("sed -i 's/^MATRIX_LR = 0.04/MATRIX_LR = 0.05/' train.py && "
+           "echo 'MATRIX_LR 0.04 -> 0.05' > \"$AUTORESEARCH_DESCRIPTION_FILE\" && "
+           "echo 'HYPOTHESIS: a higher Muon LR trains faster'")
+    proposal = command(cmd).propose(ctx(workdir))
+    assert proposal.train_py == TRAIN_PY.replace("0.04", "0.05")
+    assert (workdir / "train.py").read_text() == proposal.train_py
+    assert proposal.description == "MATRIX_LR 0.04 -> 0.05"
+    assert proposal.hypothesis == "a higher Muon LR trains faster"
+    assert "Lower val_bpb." in proposal.prompt and "AUTORESEARCH_DESCRIPTION_FILE" in proposal.prompt
+    assert proposal.usage.input_tokens == 0
+
+
+def test_prompt_arrives_on_stdin_and_in_a_file_outside_the_worktree(workdir, tmp_path, monkeypatch):
+    seen = tmp_path / "seen"
+    script = (
+        "import os, pathlib, sys\n"
+        f"out = pathlib.Path({str(seen)!r})\n"
+        "stdin = sys.stdin.read()\n"
+        "f = os.environ['AUTORESEARCH_PROMPT_FILE']\n"
+        "out.write_text('\\n'.join([str(stdin == pathlib.Path(f).read_text()), f,\n"
+        "    os.environ['AUTORESEARCH_DESCRIPTION_FILE'], os.environ['AUTORESEARCH_EXPERIMENT'],\n"
+        "    os.environ.get('AUTORESEARCH_MODEL', ''), os.getcwd(), os.environ.get('PASS_THROUGH', '')]))\n"
+        "p = pathlib.Path('train.py'); p.write_text(p.read_text().replace('0.04', '0.03'))\n"
+        "print('DESCRIPTION: MATRIX_LR 0.04 -> 0.03')\n"
+    )
+    (tmp_path / "agent.py").write_text(script)
+    monkeypatch.setenv("PASS_THROUGH", "agent-key")  # the agent's own keys must reach it
+    proposal = command(f"{PY} {tmp_path / 'agent.py'}", model="some-model").propose(ctx(workdir))
+    same, prompt_file, description_file, experiment, model, cwd, passed = seen.read_text().split("\n")
+    assert same == "True"
+    assert not Path(prompt_file).is_relative_to(workdir) and not Path(description_file).is_relative_to(workdir)
+    assert not Path(prompt_file).exists()  # cleaned up afterwards
+    assert (experiment, model, passed) == ("3", "some-model", "agent-key")
+    assert Path(cwd) == workdir
+    assert sorted(p.name for p in workdir.iterdir()) == ["train.py"]
+    assert proposal.description == "MATRIX_LR 0.04 -> 0.03"
+
+
+def test_a_command_that_hangs_is_killed_with_its_whole_group(workdir, tmp_path):
+    pids = tmp_path / "pids"
+    cmd = f"sleep 300 & echo $! > {pids}; echo $$ >> {pids}; echo working; wait"
+    start = time.monotonic()
+    with pytest.raises(ProposerError) as err:
+        command(cmd, timeout=1).propose(ctx(workdir))
+    assert time.monotonic() - start < 15
+    assert str(err.value).startswith("command timed out after 1s (process group killed)")
+    assert "working" in str(err.value)
+    child, shell = (int(x) for x in pids.read_text().split())
+    deadline = time.monotonic() + 5
+    while not (gone(child) and gone(shell)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(child) and gone(shell)
+
+
+def test_a_command_that_ignores_sigterm_is_killed(workdir, tmp_path, monkeypatch):
+    monkeypatch.setattr(command_module, "KILL_GRACE", 0.5)
+    pid_file = tmp_path / "pid"
+    cmd = f"trap '' TERM; echo $$ > {pid_file}; while true; do sleep 0.1; done"
+    with pytest.raises(ProposerError, match="timed out"):
+        command(cmd, timeout=1).propose(ctx(workdir))
+    assert gone(int(pid_file.read_text()))
+
+
+def test_non_zero_exit_is_an_error_with_the_output_tail(workdir):
+    cmd = "echo 'editing...'; sed -i 's/0.04/0.05/' train.py; echo 'model refused' >&2; exit 3"
+    with pytest.raises(ProposerError) as err:
+        command(cmd).propose(ctx(workdir))
+    msg = str(err.value)
+    assert msg.startswith("command exited with status 3")
+    assert "editing..." in msg and "model refused" in msg
+    assert "model refused" in err.value.raw
+
+
+def test_a_command_that_changes_nothing_is_an_error(workdir):
+    with pytest.raises(ProposerError, match="command left train.py unchanged; output tail:\nI looked around"):
+        command("echo 'I looked around'").propose(ctx(workdir))
+
+
+def test_a_command_that_deletes_train_py_is_an_error(workdir):
+    with pytest.raises(ProposerError, match="removed train.py"):
+        command("rm train.py").propose(ctx(workdir))
+
+
+def test_long_output_is_kept_to_its_tail(workdir):
+    cmd = f"{PY} -c \"print('x' * 1_000_000); print('the end')\"; exit 1"
+    with pytest.raises(ProposerError) as err:
+        command(cmd).propose(ctx(workdir))
+    assert len(str(err.value)) < 5000 and str(err.value).endswith("the end")
+
+
+def test_train_py_is_reset_to_the_context_before_the_agent_runs(workdir):
+    (workdir / "train.py").write_text("stale = True\n")
+    crashed = TRAIN_PY.replace("0.04", "9.9")
+    proposal = command("sed -i 's/9.9/0.9/' train.py").propose(ctx(workdir, train_py=crashed, feedback="diverged"))
+    assert proposal.train_py == TRAIN_PY.replace("0.04", "0.9")
+    assert proposal.description == "edit by external command"
+
+
+def test_missing_command_is_a_boundary_error():
+    with pytest.raises(AutoresearchError, match="--command"):
+        get_proposer("command", ProposerOptions())
+
+
+# ---------------------------------------------------------------------------
+# harness/ scripts, run against stand-in `claude` and `codex` executables
+# ---------------------------------------------------------------------------
+
+STAND_IN = """#!/usr/bin/env python3
+import json, os, pathlib, sys
+args = sys.argv[1:]
+prompt = sys.stdin.read()
+pathlib.Path(os.environ["STAND_IN_LOG"]).write_text(json.dumps({"args": args, "stdin": prompt}))
+p = pathlib.Path("train.py")
+p.write_text(p.read_text().replace("0.04", "0.045"))
+print("Done.\\nHYPOTHESIS: slightly higher LR\\nDESCRIPTION: MATRIX_LR 0.04 -> 0.045")
+"""
+
+
+@pytest.mark.parametrize("agent", ["claude", "codex"])
+def test_harness_script_passes_prompt_and_flags_to_the_agent(agent, workdir, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / agent
+    stand_in.write_text(STAND_IN.replace("python3", sys.executable, 1))
+    stand_in.chmod(0o755)
+    log = tmp_path / "log.json"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STAND_IN_LOG", str(log))
+    script = REPO_ROOT / "harness" / f"{agent}.sh"
+    proposal = command(str(script), model="a-model").propose(ctx(workdir))
+    assert proposal.description == "MATRIX_LR 0.04 -> 0.045"
+    assert proposal.hypothesis == "slightly higher LR"
+    seen = json.loads(log.read_text())
+    assert seen["stdin"] == proposal.prompt
+    args = seen["args"]
+    assert args[args.index("--model") + 1] == "a-model"
+    if agent == "claude":
+        assert args[0] == "-p"
+        assert args[args.index("--permission-mode") + 1] == "dontAsk"
+        assert args[args.index("--tools") + 1] == "Read,Edit"
+        assert "Edit(./train.py)" in args and "Bash" not in " ".join(args)
+    else:
+        assert args[0] == "exec" and args[-1] == "-"
+        assert args[args.index("--sandbox") + 1] == "workspace-write"
+        assert "--ephemeral" in args and "--full-auto" not in args
+
+
+def test_harness_script_refuses_to_run_outside_autoresearch():
+    result = subprocess.run(["bash", str(REPO_ROOT / "harness" / "claude.sh")], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")})
+    assert result.returncode != 0 and "autoresearch run --proposer command" in result.stderr
