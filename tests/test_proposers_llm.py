@@ -1,7 +1,6 @@
 """LLM proposers through the real openai and anthropic SDKs, against a local scripted server."""
 
 import json
-from pathlib import Path
 
 import pytest
 from fake_llm_server import FakeLLMServer, raw, reply, slow, status
