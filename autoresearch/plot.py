@@ -17,13 +17,15 @@ LABEL_CHARS = 45
 MARGINS = dict(left=0.06, right=0.985, bottom=0.075, top=0.94)
 
 
-def _pyplot():
-    import matplotlib
+def _figure():
+    """A 16x8 figure on the Agg canvas, made without pyplot: no global state, no GUI backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=SIZE)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(**MARGINS)
+    return fig, fig.subplots()
 
 
 def shorten(text: str, limit: int = LABEL_CHARS) -> str:
@@ -67,7 +69,7 @@ def _draw_run(ax, rows: list[dict], kept: list[dict], color: str, label: str | N
                         alpha=0.9, rotation=30, ha="left", va="bottom", parse_math=False)
 
 
-def _finish(plt, fig, ax, path: Path, title: str, low: float, high: float):
+def _finish(fig, ax, path: Path, title: str, low: float, high: float):
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -84,15 +86,11 @@ def _finish(plt, fig, ax, path: Path, title: str, low: float, high: float):
             fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 3})  # default 6: slower, barely smaller
     except OSError as err:
         raise AutoresearchError(f"cannot write the plot to {path}: {err.strerror or err}")
-    finally:
-        plt.close(fig)
 
 
 def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
     """Draw one run's progress (rows from analysis.read_results, summary from summarize)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=SIZE)
-    fig.subplots_adjust(**MARGINS)
+    fig, ax = _figure()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
         _draw_run(ax, rows, summary["kept"], "#2ecc71", None, labels=True)
@@ -111,7 +109,7 @@ def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
     if above:
         ax.text(0.99, 0.80, f"{above} worse than the baseline, above the axis", transform=ax.transAxes,
                 fontsize=9, color="#888888", ha="right", va="top", parse_math=False)
-    _finish(plt, fig, ax, Path(path), title, low, high)
+    _finish(fig, ax, Path(path), title, low, high)
     return Path(path)
 
 
@@ -128,9 +126,7 @@ COMPARE_COLORS = ("#2ecc71", "#3498db", "#e67e22", "#9b59b6", "#e74c3c", "#1abc9
 
 def plot_compare(runs: list[tuple[list[dict], dict]], path: Path) -> Path:
     """Several runs on one axis: each run's kept points and running best in its own colour."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=SIZE)
-    fig.subplots_adjust(**MARGINS)
+    fig, ax = _figure()
     bounds = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
@@ -144,5 +140,5 @@ def plot_compare(runs: list[tuple[list[dict], dict]], path: Path) -> Path:
     high = max((b[1] for b in bounds), default=1.0)
     title = " vs ".join(f"{s.get('tag') or s['source']}: {s['experiments']} experiments, "
                         f"{s['counts']['keep']} kept" for _, s in runs)
-    _finish(plt, fig, ax, Path(path), title, low, high)
+    _finish(fig, ax, Path(path), title, low, high)
     return Path(path)
