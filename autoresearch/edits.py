@@ -25,8 +25,10 @@ All blocks apply or none do.
 
 import ast
 import difflib
+import heapq
 import posixpath
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 TARGET = "train.py"
@@ -37,6 +39,7 @@ UPDATED = re.compile(r"^\s*>{5,9}\s*REPLACE\s*<?\s*$", re.IGNORECASE)
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([^\s`]*)\s*$")
 FIELD = re.compile(r"^[\s>*#_-]*(HYPOTHESIS|DESCRIPTION)[*_]*\s*[:：]\s*(.*?)\s*$", re.IGNORECASE)
 
+TOKEN = re.compile(r"\w+|[^\w\s]")  # for ranking near misses
 MAX_FIELD_CHARS = 300  # a hypothesis or description is one line of the results table
 MAX_SHOWN_LINES = 12  # of a failing SEARCH, in the error message
 
@@ -365,23 +368,40 @@ def _not_found_message(whole: list[str], block: EditBlock, total: int) -> str:
 
 
 def nearest_window(whole: list[str], search: list[str], context: int = 2) -> tuple[int, int]:
-    """[lo, hi) of the lines of `whole` most similar to `search`, with a little context."""
-    probe = [line.strip() for line in search if line.strip()][:40]
+    """[lo, hi) of the lines of `whole` most similar to `search`, with a little context.
+
+    Windows as long as the SEARCH are ranked cheaply by shared word tokens, then the best few
+    are compared character by character (difflib), so a miss costs milliseconds, not seconds."""
+    probe = [line.strip() for line in search if line.strip()][:60]
     if not probe or not whole:
         return 0, 0
-    target = "\n".join(probe)
-    stripped = [line.strip() for line in whole]
     n = min(len(search), len(whole), 60)
-    best, best_i = 0.0, 0
-    matcher = difflib.SequenceMatcher(autojunk=False)
-    matcher.set_seq2(target)
+    want = Counter(t for line in probe for t in _tokens(line))
+    if not want:
+        return 0, 0
+    line_tokens = [Counter(_tokens(line)) for line in whole]
+    window = Counter()
+    for tokens in line_tokens[:n]:
+        window.update(tokens)
+    scores = []
     for i in range(len(whole) - n + 1):
-        matcher.set_seq1("\n".join(line for line in stripped[i : i + n] if line))
-        if matcher.real_quick_ratio() <= best or matcher.quick_ratio() <= best:
-            continue
-        ratio = matcher.ratio()
+        if i:
+            window.subtract(line_tokens[i - 1])
+            window.update(line_tokens[i + n - 1])
+        shared = sum(min(c, window[t]) for t, c in want.items())
+        scores.append((shared, -i))
+    target = "\n".join(probe)
+    best, best_i = 0.0, 0
+    for shared, neg_i in heapq.nlargest(5, scores):
+        i = -neg_i
+        text = "\n".join(line.strip() for line in whole[i : i + n] if line.strip())
+        ratio = difflib.SequenceMatcher(None, text, target).ratio()
         if ratio > best:
             best, best_i = ratio, i
     if best < 0.3:
         return 0, 0
     return max(0, best_i - context), min(len(whole), best_i + n + context)
+
+
+def _tokens(line: str) -> list[str]:
+    return TOKEN.findall(line)
