@@ -31,7 +31,9 @@ from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerErr
 FLOAT_FACTORS = (0.5, 0.7, 1.4, 2.0)
 ZERO_FLOAT_STEPS = (0.01, 0.05, 0.1)
 UNIT_BOUNDED = ("RATIO", "FRAC", "BETA", "DROPOUT", "MOMENTUM")  # values in [0, 1]
-NEVER = ("SEED",)  # not a hyperparameter worth climbing
+# Not hyperparameters worth climbing: seeds, hardware constants for the MFU figure, and the lab's
+# fixed constants (train.py must not change them even if it copies one).
+NEVER = ("SEED", "PEAK", "FLOPS", "TIME_BUDGET", "MAX_SEQ_LEN", "EVAL_TOKENS", "VOCAB_SIZE")
 CHANGE = re.compile(r"\b([A-Z][A-Z0-9_]*)\s+(\S+)\s*->\s*(\S+)")
 
 
