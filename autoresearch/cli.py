@@ -53,6 +53,52 @@ def prepare(ctx: typer.Context):
 
 
 # ---------------------------------------------------------------------------
+# run / demo
+# ---------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    tag: str = typer.Option(..., "--tag", help="Name of the run: branch autoresearch/<tag>, results in results/<tag>/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (the same command without it does too)."),
+    proposer: str = typer.Option("hparam", "--proposer", help="hparam (no LLM, the default), openai, anthropic or command."),
+    model: str = typer.Option(None, "--model", help="Model name for openai / anthropic."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, OpenRouter); else OPENAI_BASE_URL."),
+    command: str = typer.Option(None, "--command", help="For --proposer command: the agent command, run in the worktree with the prompt on stdin."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the hparam proposer."),
+    max_experiments: int = typer.Option(None, "--max-experiments", min=1, help="Stop at N rows in results.tsv (baseline included)."),
+    max_hours: float = typer.Option(None, "--max-hours", min=0.0, help="Stop starting experiments after H hours."),
+    max_cost: float = typer.Option(None, "--max-cost", min=0.0, help="Stop once proposals have cost this many USD."),
+    profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
+    time_budget: float = typer.Option(None, "--time-budget", min=0.1, help="Training seconds per experiment (default: the profile's)."),
+    timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run (default: budget + max(budget, 120))."),
+    repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
+):
+    """Run experiments all night: propose one change, train, keep it if val_bpb went down."""
+    from autoresearch.loop import run_from_cli
+
+    with user_errors():
+        code = run_from_cli(
+            tag=tag, resume=resume, proposer=proposer, model=model, base_url=base_url, command=command,
+            seed=seed, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
+            profile=profile, time_budget=time_budget, timeout=timeout, repo=repo,
+        )
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
+):
+    """Offline demo on CPU: prepare a small corpus, run the baseline and 3 hparam experiments."""
+    from autoresearch.demo import run_demo
+
+    with user_errors():
+        code = run_demo(repo)
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------
 # report / status
 # ---------------------------------------------------------------------------
 

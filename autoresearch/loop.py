@@ -52,6 +52,7 @@ from autoresearch.results import ResultsFile, Row, RunLock, RunState, utc_now
 from autoresearch.runner import RunResult, kill_orphan, run_training, training_env
 from autoresearch.workspace import Workspace
 
+BANNER = re.compile(r"^# ?-{10,}\s*$")
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_BUDGET = 300.0  # seconds, when neither --time-budget nor prepare.py says otherwise
 LOG_TAIL_LINES = 50
@@ -541,12 +542,32 @@ def run_from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", m
 
 
 def lab_contract(prepare_py: str) -> str:
-    """prepare.py's fixed parts as compact text: its UPPER_CASE constants (with their comments)
-    and the evaluate_bpb function, which is the metric."""
+    """prepare.py's fixed parts as compact text: the sections whose banner says they are fixed
+    (`# Profiles (fixed: ...)`, `# Evaluation (fixed: this is the metric)`), and evaluate_bpb if
+    no such section holds it. Without banners: the UPPER_CASE constants and evaluate_bpb."""
+    lines = prepare_py.splitlines()
+    sections, title, start = [], None, 0
+    for i, line in enumerate(lines):
+        banner = BANNER.match(line) and i + 2 < len(lines) and BANNER.match(lines[i + 2])
+        if banner and lines[i + 1].startswith("#"):
+            if title is not None:
+                sections.append((title, lines[start:i]))
+            title, start = lines[i + 1], i
+    if title is not None:
+        sections.append((title, lines[start:]))
+    fixed = ["\n".join(body).strip() for title, body in sections if "fixed" in title.lower()]
+    text = "\n\n".join(fixed)
+    if "def evaluate_bpb" not in text:
+        parts = _constants_and_metric(prepare_py)
+        text = "\n\n".join([text, *parts] if text else parts)
+    return text.strip() + "\n"
+
+
+def _constants_and_metric(prepare_py: str) -> list[str]:
     try:
         tree = ast.parse(prepare_py)
     except SyntaxError:
-        return prepare_py
+        return [prepare_py]
     lines = prepare_py.splitlines()
     constants, metric = [], []
     for node in tree.body:
@@ -558,15 +579,13 @@ def lab_contract(prepare_py: str) -> str:
         elif isinstance(node, ast.FunctionDef) and node.name == "evaluate_bpb":
             first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
             metric.append("\n".join(lines[first - 1 : node.end_lineno]))
-    parts = ["# prepare.py constants (fixed)", *constants]
-    if metric:
-        parts += ["", "# the metric (fixed)", *metric]
-    return "\n".join(parts) + "\n"
+    return (["# prepare.py constants (fixed)\n" + "\n".join(constants)] if constants else []) + metric
 
 
 def lab_time_budget(prepare_py: str, profile: str) -> float:
-    """The training budget prepare.py sets for this profile: a `TIME_BUDGET` key in the profile's
-    dict literal, else a top-level TIME_BUDGET number, else DEFAULT_BUDGET."""
+    """The training budget prepare.py sets for this profile: TIME_BUDGET in the profile's entry
+    of a dict (`"cpu": dict(TIME_BUDGET=120, ...)` or `{"TIME_BUDGET": 120}`), else a top-level
+    `TIME_BUDGET = <number>`, else DEFAULT_BUDGET."""
     try:
         tree = ast.parse(prepare_py)
     except SyntaxError:
@@ -575,7 +594,7 @@ def lab_time_budget(prepare_py: str, profile: str) -> float:
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values):
-                if isinstance(key, ast.Constant) and key.value == profile and isinstance(value, ast.Dict):
+                if isinstance(key, ast.Constant) and key.value == profile:
                     found = _dict_number(value, "TIME_BUDGET")
                     if found:
                         return found
@@ -584,9 +603,16 @@ def lab_time_budget(prepare_py: str, profile: str) -> float:
     return top or DEFAULT_BUDGET
 
 
-def _dict_number(node: ast.Dict, name: str) -> float | None:
-    for key, value in zip(node.keys, node.values):
-        if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.upper() == name:
+def _dict_number(node, name: str) -> float | None:
+    """node["name"] (any case) of a dict literal or a dict(...) call."""
+    if isinstance(node, ast.Dict):
+        pairs = [(k.value, v) for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant)]
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        pairs = [(kw.arg, kw.value) for kw in node.keywords if kw.arg]
+    else:
+        return None
+    for key, value in pairs:
+        if isinstance(key, str) and key.upper() == name:
             return _number(value)
     return None
 

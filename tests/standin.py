@@ -72,10 +72,10 @@ PROGRAM_MD = "# Research program\n\nMake val_bpb go down.\n"
 GITIGNORE = "results/\n.autoresearch/\n__pycache__/\n"
 
 
-def make_lab(repo: git.Repo, train_py: str = TRAIN_PY) -> Path:
+def make_lab(repo: git.Repo, train_py: str = TRAIN_PY, prepare_py: str = PREPARE_PY) -> Path:
     """Commit the stand-in lab into `repo` (a fixture's empty repository); returns its folder."""
     root = Path(repo.working_tree_dir)
-    files = {"train.py": train_py, "prepare.py": PREPARE_PY, "program.md": PROGRAM_MD, ".gitignore": GITIGNORE}
+    files = {"train.py": train_py, "prepare.py": prepare_py, "program.md": PROGRAM_MD, ".gitignore": GITIGNORE}
     for name, text in files.items():
         (root / name).write_text(text)
     repo.index.add(list(files))

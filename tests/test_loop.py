@@ -454,9 +454,23 @@ def test_lab_contract_keeps_constants_with_comments_and_the_metric():
     assert "helper" not in contract and "lowercase" not in contract
 
 
+def test_lab_contract_takes_the_sections_marked_fixed():
+    text = (
+        "import os\n\n# ----------\n# Profiles (fixed: these define the experiment)\n# ----------\n\n"
+        "PROFILES = {'cpu': dict(TIME_BUDGET=120)}  # why\n\n# ----------\n# Data download\n# ----------\n\n"
+        "URL = 'https://example.com'\n\n# ----------\n# Evaluation (fixed: this is the metric)\n# ----------\n\n"
+        "def evaluate_bpb(model):\n    return 1.0\n\n# ----------\n# Main\n# ----------\n\nmain()\n"
+    )
+    contract = lab_contract(text)
+    assert "PROFILES = {'cpu': dict(TIME_BUDGET=120)}  # why" in contract
+    assert "def evaluate_bpb(model):" in contract and "# Evaluation (fixed: this is the metric)" in contract
+    assert "URL" not in contract and "main()" not in contract and "import os" not in contract
+
+
 def test_lab_time_budget_prefers_the_profile_then_the_constant():
     text = 'TIME_BUDGET = 300\nPROFILES = {"gpu": {"TIME_BUDGET": 300}, "cpu": {"time_budget": 60}}\n'
     assert lab_time_budget(text, "cpu") == 60
+    assert lab_time_budget('P = {"cpu": dict(MAX_SEQ_LEN=8, TIME_BUDGET=120)}\n', "cpu") == 120
     assert lab_time_budget(text, "gpu") == 300
     assert lab_time_budget("TIME_BUDGET = 120\n", "cpu") == 120
     assert lab_time_budget("nothing here\n", "cpu") == 300
