@@ -126,12 +126,11 @@ TOKENIZER_DOC_CHARS = 10_000  # ...and on at most this many of any one document 
 THREADS = os.cpu_count() or 1
 
 
-def prepare_command(profile=None, source=None):
-    """The command that prepares `source` for `profile` (the current ones by default)."""
-    profile, source = profile or PROFILE, source or SOURCE
-    if source in BUILTIN_SOURCES:
-        return f"python prepare.py --profile {profile} --source {source}"
-    return f"python prepare.py --profile {profile} --from-dir PATH (or --from-parquet PATH) --name {source}"
+def prepare_command():
+    """The command that prepares SOURCE for PROFILE, for error messages."""
+    if SOURCE in BUILTIN_SOURCES:
+        return f"python prepare.py --profile {PROFILE} --source {SOURCE}"
+    return f"python prepare.py --profile {PROFILE} --from-dir PATH (or --from-parquet PATH) --name {SOURCE}"
 
 
 # ---------------------------------------------------------------------------
@@ -155,19 +154,16 @@ def _failure(error):
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-def download_file(url, dest, on_bytes=lambda n: None, attempts=None, backoff=None):
+def download_file(url, dest, on_bytes=lambda n: None, attempts=DOWNLOAD_ATTEMPTS):
     """Fetch `url` into `dest` via `dest.tmp` and an atomic rename; an existing `dest` is kept.
 
     Retries with exponential backoff; a body that is not a readable parquet file counts as a failure.
-    Returns True if it downloaded, False if `dest` was already there.
     """
     import pyarrow.parquet as pq
     import requests
 
-    attempts = attempts or DOWNLOAD_ATTEMPTS
-    backoff = RETRY_BACKOFF if backoff is None else backoff
     if dest.exists():
-        return False
+        return
     tmp = dest.with_name(dest.name + ".tmp")
     for attempt in range(1, attempts + 1):
         written = 0
@@ -181,19 +177,17 @@ def download_file(url, dest, on_bytes=lambda n: None, attempts=None, backoff=Non
                         f.write(chunk)
                         written += len(chunk)
                         on_bytes(len(chunk))
-            pq.ParquetFile(tmp)  # a truncated file or an HTML error page fails here, not in training
+            pq.read_metadata(tmp)  # a truncated file or an HTML error page fails here, not in training
             os.replace(tmp, dest)
-            return True
+            return
         except (requests.RequestException, OSError, ValueError) as error:
             tmp.unlink(missing_ok=True)
             on_bytes(-written)
             if attempt == attempts:
-                hint = " (no network? prepare offline with --source stdlib or --from-dir PATH)"
-                if not isinstance(error, (requests.ConnectionError, requests.Timeout)):
-                    hint = ""
+                offline = isinstance(error, (requests.ConnectionError, requests.Timeout))
+                hint = " (no network? prepare offline with --source stdlib or --from-dir PATH)" if offline else ""
                 raise LabError(f"download failed after {attempts} attempts: {url}: {_failure(error)}{hint}") from None
-            time.sleep(backoff * 2 ** (attempt - 1))
-    return False
+            time.sleep(RETRY_BACKOFF * 2 ** (attempt - 1))
 
 
 def download_all(items, workers):
@@ -274,18 +268,21 @@ def _read_text(path):
 
 
 def stdlib_documents():
-    """(relative path, text) of every .py file of this Python's standard library, sorted by path."""
+    """The text of every .py file of this Python's standard library, in order of relative path."""
     root = Path(sysconfig.get_paths()["stdlib"])
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d not in STDLIB_SKIP_DIRS]
         found += [Path(folder, f) for f in files if f.endswith(".py")]
-    docs = [(p.relative_to(root).as_posix(), _read_text(p)) for p in found]
-    return sorted((rel, text) for rel, text in docs if text and text.strip())
+    docs = [_read_text(p) for p in sorted(found, key=lambda p: p.relative_to(root).as_posix())]
+    docs = [text for text in docs if text and text.strip()]
+    if not docs:
+        raise LabError(f"no .py files in the standard library at {root}; use --from-dir PATH")
+    return docs
 
 
 def folder_documents(folder):
-    """(relative path, text) of every UTF-8 text file under `folder` (hidden ones skipped), sorted."""
+    """The text of every UTF-8 text file under `folder` (hidden ones skipped), in order of relative path."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise LabError(f"--from-dir: {folder} is not a folder")
@@ -293,15 +290,15 @@ def folder_documents(folder):
     for parent, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(parent, f) for f in files if not f.startswith(".")]
-    docs = [(p.relative_to(folder).as_posix(), _read_text(p)) for p in found]
-    docs = sorted((rel, text) for rel, text in docs if text and text.strip())
+    docs = [_read_text(p) for p in sorted(found, key=lambda p: p.relative_to(folder).as_posix())]
+    docs = [text for text in docs if text and text.strip()]
     if not docs:
         raise LabError(f"--from-dir: no UTF-8 text files in {folder}")
     return docs
 
 
 def parquet_documents(path):
-    """(row label, text) of every non-empty `text` of a parquet file or a folder of them, in order."""
+    """Every non-empty `text` of a parquet file or a folder of them, in order."""
     import pyarrow.parquet as pq
 
     path = Path(path).expanduser()
@@ -317,7 +314,7 @@ def parquet_documents(path):
         if "text" not in columns:
             raise LabError(f"--from-parquet: {file} has no `text` column (columns: {', '.join(columns)})")
         texts = pq.read_table(file, columns=["text"]).column("text").to_pylist()
-        docs += [(f"{file.name}:{i}", t) for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        docs += [text for text in texts if isinstance(text, str) and text.strip()]
     if not docs:
         raise LabError(f"--from-parquet: no non-empty `text` values in {path}")
     return docs
@@ -328,7 +325,7 @@ def take(docs, max_docs=None, max_chars=None):
     if max_docs is not None:
         docs = docs[:max_docs]
     if max_chars is not None:
-        sizes = itertools.accumulate(len(text) for _, text in docs)
+        sizes = itertools.accumulate(map(len, docs))
         docs = [doc for doc, total in zip(docs, sizes) if total <= max_chars]
     if not docs:
         raise LabError("no documents left after --max-docs/--max-chars")
@@ -363,16 +360,16 @@ def split_documents(docs, chunk):
     smallest SHA-1 of their text go to validation. Chunks of one document stay in its split, and a
     validation chunk that also occurs in training (boilerplate) is dropped.
     """
-    unique = list(dict((text, label) for label, text in reversed(docs)).items())[::-1]
+    unique = list(dict.fromkeys(docs))
     if len(unique) < 2:
         raise LabError(f"need at least 2 distinct documents for a train/val split, got {len(unique)}")
     n_val = max(1, round(len(unique) * LOCAL_VAL_FRACTION))
-    ranked = sorted(range(len(unique)), key=lambda i: hashlib.sha1(unique[i][0].encode()).digest())
+    ranked = sorted(range(len(unique)), key=lambda i: hashlib.sha1(unique[i].encode()).digest())
     is_val = set(ranked[:n_val])
     pieces = chunk_text if chunk else (lambda text: [text])
-    train = [p for i, (text, _) in enumerate(unique) if i not in is_val for p in pieces(text)]
+    train = [p for i, text in enumerate(unique) if i not in is_val for p in pieces(text)]
     seen = set(train)
-    val = [p for i, (text, _) in enumerate(unique) if i in is_val for p in pieces(text) if p not in seen]
+    val = [p for i, text in enumerate(unique) if i in is_val for p in pieces(text) if p not in seen]
     if not val:
         raise LabError("every validation document also occurs in training; add more documents")
     return train, val
@@ -756,7 +753,7 @@ def prepare(args):
         docs = take(docs, args.max_docs, args.max_chars)
         train, val = split_documents(docs, chunk=not args.from_parquet)
         write_local_data(root / "data", train, val)
-        print(f"Data: {len(docs)} documents, {sum(len(t) for _, t in docs):,} chars -> "
+        print(f"Data: {len(docs)} documents, {sum(map(len, docs)):,} chars -> "
               f"{len(train)} train and {len(val)} val pieces in {root / 'data'}")
     train_tokenizer(root, vocab_size)
     shards = tokenize_shards(root)["shards"]

@@ -156,10 +156,10 @@ def test_split_drops_duplicates_and_shared_chunks():
     import prepare
 
     common = "import os\n\n"
-    docs = [(f"f{i}.py", f"{common}x = {i}\n" * 3) for i in range(40)] + [("copy.py", "x = 7\n" * 3)] * 2
+    docs = [f"{common}x = {i}\n" * 3 for i in range(40)] + ["x = 7\n" * 3] * 2
     train, val = prepare.split_documents(docs, chunk=False)
     assert len(val) == 4 and len(train) == 37 and not set(train) & set(val)
-    train, val = prepare.split_documents([(p, common * 200 + t) for p, t in docs], chunk=True)
+    train, val = prepare.split_documents([common * 200 + text for text in docs], chunk=True)
     assert not set(train) & set(val)
 
 
@@ -176,7 +176,7 @@ def test_chunks_join_back_to_the_file_and_cut_at_blank_lines():
 
 def test_max_docs_and_max_chars_take_a_prefix(monkeypatch, tmp_path):
     lab = load_lab(monkeypatch, AUTORESEARCH_PROFILE="cpu")
-    docs = [(f"{i}", "a" * 10) for i in range(10)]
+    docs = [f"{i}" * 10 for i in range(10)]
     assert lab.take(docs, max_docs=3) == docs[:3]
     assert lab.take(docs, max_chars=35) == docs[:3]
     with pytest.raises(lab.LabError, match="no documents left"):
