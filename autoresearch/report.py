@@ -43,6 +43,7 @@ def run_report(tags: list[str] | None = None, results: list[Path] | None = None,
     the report is written, raised as one AutoresearchError naming their line numbers."""
     out = out or sys.stdout
     runs = load_runs(tags or [], results or [], root, noise)
+    compare_plot = None
     if not no_plot:
         from autoresearch import plot as plotting
 
@@ -55,9 +56,9 @@ def run_report(tags: list[str] | None = None, results: list[Path] | None = None,
     summaries = [s for _, s in runs]
     payload = {"schema_version": SCHEMA_VERSION, "runs": summaries}
     if len(runs) > 1:
-        payload["compare_plot"] = None if no_plot else compare_plot
+        payload["compare_plot"] = compare_plot
     if markdown:
-        write_markdown(Path(markdown), summaries, payload.get("compare_plot"), top)
+        write_markdown(Path(markdown), summaries, compare_plot, top)
     if as_json:
         out.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     else:
@@ -102,7 +103,10 @@ def load_runs(tags: list[str], results: list[Path], root: Path | None,
         root = Path(root) if root else analysis.find_root(Path.cwd())
         for tag in tags or [None]:
             folder = analysis.tag_folder(root, tag)
-            table = analysis.read_results(folder / "results.tsv")
+            if (folder / "results.tsv").is_file():
+                table = analysis.read_results(folder / "results.tsv")
+            else:  # a run whose baseline is still training: run.json only
+                table = analysis.Table(folder / "results.tsv", list(analysis.UPSTREAM_COLUMNS))
             runs.append((table, analysis.summarize(table, analysis.read_run(folder), folder.name, noise)))
     return runs
 

@@ -277,6 +277,15 @@ def test_a_running_run_is_marked_as_such_in_the_report(checkout):
     assert "running (pid" in result.stdout and "figures are partial" in result.stdout
 
 
+def test_a_run_still_training_its_baseline_reports_no_experiments_yet(checkout):
+    (checkout / "results" / "fresh").mkdir()
+    (checkout / "results" / "fresh" / "run.json").write_text(json.dumps(
+        {"tag": "fresh", "state": "running", "pid": os.getpid()}))
+    result = cli("report", "--tag", "fresh", "--no-plot", "--root", str(checkout))
+    assert result.exit_code == 0, result.output
+    assert "running (pid" in result.stdout and "No experiments yet: nothing kept yet." in result.stdout
+
+
 # ---------------------------------------------------------------------------
 # Bad input: one line and a non-zero exit, or a clear "nothing kept yet"
 # ---------------------------------------------------------------------------
