@@ -376,6 +376,7 @@ class Session:
             self.view.phase(ctx.experiment, "proposing")
             try:
                 proposal = self.proposer.propose(ctx)
+                self.view.phase(ctx.experiment, "checking")
                 self.only_train_py_changed(proposal)
                 if proposal.train_py == ctx.train_py:
                     raise ProposerError("the proposal leaves train.py unchanged", proposal.usage, proposal.raw)
