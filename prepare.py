@@ -714,7 +714,7 @@ def parse_args(argv):
     parser.add_argument("--num-shards", type=int, default=10, help="climbmix training shards (-1: all 6542)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads")
     parser.add_argument("--max-docs", type=int, help="local sources: keep only the first N documents")
-    parser.add_argument("--max-chars", type=int, help="local sources: keep only the first N characters of documents")
+    parser.add_argument("--max-chars", type=int, help="local sources: keep the first documents, up to N characters in all")
     args = parser.parse_args(argv)
     local = args.from_dir or args.from_parquet
     if args.from_dir and args.from_parquet:
@@ -723,8 +723,11 @@ def parse_args(argv):
         parser.error("--source and --from-dir/--from-parquet exclude each other")
     if args.name and not local:
         parser.error("--name names a --from-dir/--from-parquet source")
-    if (args.max_docs or args.max_chars) and not (local or (args.source or DEFAULT_SOURCE[args.profile or PROFILE]) == "stdlib"):
+    sliced = [n for n in (args.max_docs, args.max_chars) if n is not None]
+    if sliced and not (local or (args.source or DEFAULT_SOURCE[args.profile or PROFILE]) == "stdlib"):
         parser.error("--max-docs/--max-chars apply to stdlib, --from-dir and --from-parquet")
+    if any(n < 1 for n in sliced):
+        parser.error("--max-docs/--max-chars must be positive")
     if args.num_shards == 0 or args.num_shards < -1:
         parser.error("--num-shards must be positive, or -1 for all")
     if args.name and (not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", args.name) or args.name in BUILTIN_SOURCES):
@@ -732,7 +735,7 @@ def parse_args(argv):
     return args
 
 
-def prepare(args):
+def prepare_source(args):
     profile = args.profile or PROFILE
     vocab_size = PROFILES[profile]["VOCAB_SIZE"]
     name = (args.name or "custom") if (args.from_dir or args.from_parquet) else (args.source or DEFAULT_SOURCE[profile])
@@ -761,14 +764,14 @@ def prepare(args):
     for split, stems in (("train", [s for s in shards if s != val_stem]), ("val", [val_stem])):
         docs, tokens = (sum(shards[s][k] for s in stems) for k in ("docs", "tokens"))
         print(f"  {split:5s} {docs:,} documents, {tokens:,} tokens")
-    print(f"Done in {time.time() - t0:.1f}s. Train with:")
+    print(f"Tokens in {root / 'tokens'}. Done in {time.time() - t0:.1f}s. Train with:")
     print(f"  AUTORESEARCH_PROFILE={profile} AUTORESEARCH_SOURCE={name} python train.py")
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        prepare(args)
+        prepare_source(args)
     except LabError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
