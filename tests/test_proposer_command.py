@@ -3,8 +3,10 @@
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,6 +110,34 @@ def test_a_command_that_ignores_sigterm_is_killed(workdir, tmp_path, monkeypatch
     with pytest.raises(ProposerError, match="timed out"):
         command(cmd, timeout=1).propose(ctx(workdir))
     assert gone(int(pid_file.read_text()))
+
+
+class Interrupted(BaseException):
+    """Stands in for KeyboardInterrupt (the loop turns SIGTERM into one) without upsetting pytest."""
+
+
+def test_interrupting_the_harness_kills_the_agent_group(workdir, tmp_path, monkeypatch):
+    monkeypatch.setattr(command_module, "KILL_GRACE", 0.5)
+    pids = tmp_path / "pids"
+    cmd = f"sleep 300 & echo $! > {pids}; echo $$ >> {pids}; wait"
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            command(cmd, timeout=60).propose(ctx(workdir))
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    child, shell = (int(x) for x in pids.read_text().split())
+    deadline = time.monotonic() + 5
+    while not (gone(child) and gone(shell)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(child) and gone(shell)
 
 
 def test_non_zero_exit_is_an_error_with_the_output_tail(workdir):

@@ -8,7 +8,9 @@ directory outside the worktree, so they never dirty it. Also set for CMD:
 AUTORESEARCH_EXPERIMENT, and AUTORESEARCH_MODEL when --model was given. The environment is
 otherwise passed through unchanged: the agent needs its own API keys.
 
-train.py in the worktree is set to ctx.train_py first. CMD runs in its own process group. After `options.timeout` seconds the whole group gets SIGTERM,
+train.py in the worktree is set to ctx.train_py first. CMD runs in its own process group, so a
+terminal's Ctrl-C does not reach it: when the harness is interrupted while CMD runs, the group is
+killed before the interrupt goes on. After `options.timeout` seconds the whole group gets SIGTERM,
 then SIGKILL after KILL_GRACE seconds. A timeout, a non-zero exit, or train.py left unchanged is
 a ProposerError carrying the tail of CMD's output. Otherwise the new train.py is read back (and
 left in place); the description comes from the description file, else a `DESCRIPTION:` line of
@@ -112,6 +114,9 @@ class CommandProposer:
             except subprocess.TimeoutExpired:
                 kill_group(proc)
                 code, timed_out = proc.returncode, True
+            except BaseException:  # Ctrl-C or SIGTERM of the harness: the agent must not outlive it
+                kill_group(proc)
+                raise
             # Children it left behind (a language server, a watcher) go too.
             _signal_group(proc.pid, signal.SIGKILL)
         return code, time.monotonic() - start, timed_out
