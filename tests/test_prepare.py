@@ -63,7 +63,7 @@ def stdlib_texts(n: int) -> list[str]:
 
 def test_cpu_profile_constants_and_overrides(monkeypatch, tmp_path):
     lab = load_lab(monkeypatch, AUTORESEARCH_PROFILE="cpu", AUTORESEARCH_CACHE=str(tmp_path))
-    assert (lab.MAX_SEQ_LEN, lab.TIME_BUDGET, lab.EVAL_TOKENS, lab.VOCAB_SIZE) == (256, 120, 2**17, 2048)
+    assert (lab.MAX_SEQ_LEN, lab.TIME_BUDGET, lab.EVAL_TOKENS, lab.VOCAB_SIZE) == (256, 120, 2**16, 2048)
     assert lab.SOURCE == "stdlib"
     assert lab.DATA_DIR == tmp_path / "stdlib" / "data"
     assert lab.TOKENIZER_DIR == tmp_path / "stdlib" / "tokenizer"
