@@ -64,9 +64,10 @@ def build_messages(ctx: Context) -> tuple[str, str]:
 
 def build_agent_prompt(ctx: Context) -> str:
     """One text for an external coding agent that edits train.py in its working directory."""
-    parts = [PROTOCOL, AGENT_FORMAT]
+    parts = [PROTOCOL]
     parts += _context_sections(ctx)
     parts.append(_task(ctx) + " train.py is in the current directory: read it before editing.")
+    parts.append(AGENT_FORMAT)
     return "\n\n".join(parts)
 
 
@@ -85,12 +86,13 @@ def _context_sections(ctx: Context) -> list[str]:
 
 
 def _task(ctx: Context) -> str:
+    profile = f"The run uses the `{ctx.profile}` profile (edit that branch of any per-profile settings)."
     if ctx.feedback:
         return (
             f"This is experiment {ctx.experiment}, a fix attempt: find the cause of the crash "
-            "above and fix it with a minimal change that keeps the idea."
+            f"above and fix it with a minimal change that keeps the idea. {profile}"
         )
-    return f"This is experiment {ctx.experiment}: propose the next single change to train.py."
+    return f"This is experiment {ctx.experiment}: propose the next single change to train.py. {profile}"
 
 
 def _section(title: str, body: str) -> str:
