@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from git.exc import GitCommandError
+
 from autoresearch.errors import AutoresearchError
 from autoresearch.live import View, make_view
 from autoresearch.proposers import Context, Proposal, ProposerError, ProposerOptions, Usage
@@ -124,12 +126,13 @@ class RunPaths:
 def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcome:
     """Run experiments until a limit is reached or the user stops it. Bad setup raises
     AutoresearchError. `proposer` and `view` default to the configured backend and make_view()."""
+    paths = RunPaths(config.repo_root, config.tag)
+    check_start(config, RunState.load(paths.state))  # before results/<tag>/ is created
     if proposer is None:
         from autoresearch.proposers import get_proposer
 
         proposer = get_proposer(config.proposer, config.options)
     view = view or make_view(config.tag)
-    paths = RunPaths(config.repo_root, config.tag)
     paths.dir.mkdir(parents=True, exist_ok=True)
     try:
         with _stop_signals_as_interrupt(), RunLock(paths.lock):
@@ -146,6 +149,25 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
         view.close()
 
 
+def check_start(config: RunConfig, state: dict) -> bool:
+    """Refuse what cannot start: a bad tag, --resume of a run that never started, or a new tag
+    whose branch exists. A tag is new until results/<tag>/run.json exists. Returns whether the
+    run's branch exists."""
+    tag = config.tag
+    if not TAG.match(tag) or ".." in tag or tag.endswith((".lock", ".")):
+        raise AutoresearchError(f"bad --tag {tag!r}: use letters, digits, '.', '_' and '-' (e.g. mar5)")
+    has_branch = Workspace.exists(Path(config.repo_root), tag)
+    if not state:
+        if config.resume:
+            raise AutoresearchError(f"no run '{tag}' to resume (no results/{tag}/run.json); drop --resume to start it")
+        if has_branch:
+            raise AutoresearchError(
+                f"branch autoresearch/{tag} already exists but was not started here; "
+                f"pick another --tag (or delete the branch)"
+            )
+    return has_branch
+
+
 class Session:
     """One invocation of `autoresearch run` on one tag."""
 
@@ -160,6 +182,7 @@ class Session:
         self.failures_in_a_row = 0
         self.pauses = 0
         self.started = time.monotonic()
+        self._profile = ""
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -169,7 +192,12 @@ class Session:
         self.workspace, self.state = self.open_workspace()
         kill_orphan(self.paths.training)
         self.best_commit, self.best = self.best_from_rows()
-        self.workspace.revert_to(self.best_commit)
+        try:
+            self.workspace.revert_to(self.best_commit)
+        except GitCommandError as exc:
+            raise AutoresearchError(
+                f"cannot move branch autoresearch/{cfg.tag} to its best commit {self.best_commit}: {exc.stderr.strip()}"
+            ) from None
         self.save_state(
             state="running", pid=os.getpid(), proposer=self.proposer_name,
             model=cfg.options.model or "", max_experiments=cfg.max_experiments,
@@ -182,15 +210,8 @@ class Session:
         cfg = self.config
         root, tag = Path(cfg.repo_root), cfg.tag
         state = RunState.load(self.paths.state)
-        has_branch = Workspace.exists(root, tag)
+        has_branch = check_start(cfg, state)
         if not state:
-            if cfg.resume:
-                raise AutoresearchError(f"no run '{tag}' to resume (no {self.paths.state}); drop --resume to start it")
-            if has_branch:
-                raise AutoresearchError(
-                    f"branch autoresearch/{tag} already exists but was not started here; "
-                    f"pick another --tag (or delete the branch)"
-                )
             # Saved first, so a kill before the branch exists leaves a resumable run.
             state = RunState.save(
                 self.paths.state, tag=tag, branch=f"autoresearch/{tag}", started_at=utc_now(),
@@ -221,6 +242,7 @@ class Session:
         """Ctrl-C / SIGTERM: no training left behind, no half-applied change, state `stopped`."""
         self.clean_up()
         message = f"stopped; resume with: autoresearch run --tag {self.config.tag} --resume"
+        self.view.phase(None, "stopped")
         self.view.note(message)
         return self.outcome("stopped", 130, message)
 
@@ -229,7 +251,9 @@ class Session:
         try:
             kill_orphan(self.paths.training)
             if self.workspace is not None:
-                self.workspace.revert_to(self.best_commit or self.state["base_commit"])
+                self.rows = self.results.rows()  # the row of an interrupted record() counts
+                self.best_commit, self.best = self.best_from_rows()
+                self.workspace.revert_to(self.best_commit)
             if self.state:
                 self.save_state(state="stopped")
         finally:
@@ -239,6 +263,7 @@ class Session:
         self.save_state(state="done")
         best = f"best val_bpb {self.best:.6f} at {self.best_commit}" if self.best is not None else "no baseline yet"
         message = f"done ({why}): {len(self.rows)} experiments, {best}; results in {self.paths.results}"
+        self.view.phase(None, "done")
         self.view.note(message)
         return self.outcome("done", 0, message)
 
@@ -503,7 +528,9 @@ class Session:
         return folder
 
     def profile(self) -> str:
-        return self.config.profile or os.environ.get("AUTORESEARCH_PROFILE") or _detect_profile()
+        if not self._profile:
+            self._profile = self.config.profile or os.environ.get("AUTORESEARCH_PROFILE") or _detect_profile()
+        return self._profile
 
     def budget_and_timeout(self) -> tuple[float, float]:
         cfg = self.config
@@ -527,8 +554,6 @@ def run_from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", m
     """`autoresearch run`: check the options, run, print how it ended; returns the exit code."""
     from autoresearch.lab import find_lab
 
-    if not TAG.match(tag) or ".." in tag or tag.endswith(".lock"):
-        raise AutoresearchError(f"bad --tag {tag!r}: use letters, digits, '.', '_' and '-' (e.g. mar5)")
     if profile not in (None, "gpu", "cpu"):
         raise AutoresearchError(f"bad --profile {profile!r}: use gpu or cpu")
     root = find_lab(Path(repo or Path.cwd()).resolve())

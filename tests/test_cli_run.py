@@ -97,7 +97,7 @@ def test_a_new_tag_whose_branch_exists_is_refused_with_a_hint(lab, tmp_repo):
     done = subprocess.run(command(), cwd=lab, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr == "error: branch autoresearch/t already exists but was not started here; pick another --tag (or delete the branch)\n"
-    assert not (lab / "results/t/results.tsv").exists()
+    assert not (lab / "results/t").exists()
 
 
 def test_ctrl_c_during_training_kills_it_leaves_the_best_commit_and_resume_works(lab, tmp_path):

@@ -491,3 +491,21 @@ def test_live_view_renders_phase_best_counts_and_rows():
     assert "[0002] training 1:00 elapsed, ~4:00 of budget left" in text
     assert "0.997900 (abc1234)" in text and "2: 1 keep, 0 discard, 1 crash" in text
     assert "1,200 in, 300 out, $0.0123" in text and "timeout after 600 s" in text
+
+
+def test_an_interrupt_right_after_a_kept_row_is_written_leaves_the_branch_at_that_row(lab, monkeypatch):
+    append = ResultsFile.append
+
+    def append_then_interrupt(self, row):
+        append(self, row)
+        if row.experiment == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultsFile, "append", append_then_interrupt)
+    outcome = run(config(lab, max_experiments=3), proposer=ScriptedProposer([{"VAL": 0.99}]), view=RecordingView())
+
+    assert outcome.exit_code == 130
+    got = rows(lab)
+    assert [(r.experiment, r.status) for r in got] == [(0, "keep"), (1, "keep")]
+    wt = worktree(lab)
+    assert wt.head.commit.hexsha[:7] == got[1].commit and not wt.is_dirty(untracked_files=True)
