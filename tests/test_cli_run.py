@@ -171,7 +171,7 @@ def test_hparam_on_the_real_train_py_leaves_3_rows_the_best_commit_and_the_check
     clone = tmp_path / "clone"
     user = git.Repo.clone_from(REPO_ROOT, clone)
     (clone / "program.md").write_text((clone / "program.md").read_text() + "\nAn uncommitted note.\n")
-    before = {p: p.read_bytes() for p in clone.rglob("*") if p.is_file() and ".git" not in p.parts}
+    before = checkout_files(clone)
     env = {**os.environ, **lab_env(lab_cache), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     done = subprocess.run(
@@ -186,6 +186,13 @@ def test_hparam_on_the_real_train_py_leaves_3_rows_the_best_commit_and_the_check
     assert [r.proposer for r in got] == ["baseline", "hparam", "hparam"]
     assert all(r.training_seconds and r.num_steps for r in got if r.status != "crash")
     assert_clean_at_best(clone)
-    after = {p: p.read_bytes() for p in clone.rglob("*") if p.is_file() and ".git" not in p.parts
-             and "results" not in p.relative_to(clone).parts[:1] and ".autoresearch" not in p.parts}
-    assert after == before and user.active_branch.name == "main"
+    assert checkout_files(clone) == before and user.active_branch.name == "main"
+    assert user.git.status("--porcelain") == " M program.md"
+
+
+def checkout_files(root: Path) -> dict:
+    """The user's files: everything but .git, results/ and .autoresearch/."""
+    return {
+        p: p.read_bytes() for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).parts[0] not in (".git", "results", ".autoresearch")
+    }
