@@ -222,7 +222,7 @@ def test_from_parquet_uses_rows_as_documents(monkeypatch, tmp_path, capsys):
      "--from-parquet: cannot read"),
     (lambda d: pq.write_table(pa.table({"text": ["", None]}), d / "e.parquet") or ["--from-parquet", str(d)],
      "no non-empty `text` values"),
-])
+], ids=["empty-folder", "missing-folder", "parquet-without-text", "not-parquet", "only-empty-texts"])
 def test_bad_local_input_is_one_line_and_exit_1(tmp_path, setup, message):
     folder = tmp_path / "input"
     folder.mkdir()
