@@ -338,9 +338,9 @@ class Session:
         for attempt in range(1, self.config.max_fix_attempts + 1):
             if not trained.fixable or not getattr(self.proposer, "can_fix", True):
                 break
-            fix = self.propose_fix(n, attempt, proposal, trained, record, folder)
-            usage = usage + fix.usage if isinstance(fix, Proposal) else usage + fix
-            if not isinstance(fix, Proposal):
+            fix, spent = self.propose_fix(n, attempt, proposal, trained, record, folder)
+            usage = usage + spent
+            if fix is None:
                 break
             proposal = fix
             commit = self.apply(n, proposal)
@@ -357,8 +357,8 @@ class Session:
         self.record(row, keep=status == "keep")
 
     def propose_fix(self, n: int, attempt: int, crashed: Proposal, trained: "Trained", record: dict,
-                    folder: Path) -> Proposal | Usage:
-        """Show the proposer why its change crashed; a usable fix, or the Usage of a failed ask."""
+                    folder: Path) -> tuple[Proposal | None, Usage]:
+        """Show the proposer why its change crashed; (a usable fix or None, what the ask cost)."""
         log = folder / f"run.crash{attempt}.log"
         (folder / "run.log").rename(log)  # run.log is always the attempt the row describes
         ctx = self.context(n, train_py=crashed.train_py, feedback=_feedback(trained.reason, log))
@@ -372,9 +372,9 @@ class Session:
             self.workspace.revert_to(self.workspace.head())  # undo what an agent left half-done
             record["attempts"].append({"fix": attempt, "error": str(err), "raw": _clip(err.raw),
                                        "usage": asdict(err.usage)})
-            return err.usage
+            return None, err.usage
         record["attempts"].append(_proposal_record(fix, ctx, fix=attempt))
-        return fix
+        return fix, fix.usage
 
     # -- the steps -----------------------------------------------------------------------------
 
@@ -445,7 +445,7 @@ class Session:
         stray = self.workspace.stray_changes(allow=("train.py",))
         if stray:
             raise ProposerError(
-                "the proposer changed files other than train.py: " + ", ".join(stray),
+                "the proposer changed files other than train.py: " + _names(stray),
                 proposal.usage if proposal else Usage(),
             )
 

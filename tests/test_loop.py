@@ -226,6 +226,18 @@ def test_two_failed_fixes_log_one_crash_and_move_on(lab):
     assert got[2].parent == got[0].commit  # the crashed chain left the branch
 
 
+def test_a_failed_fix_request_logs_the_crash_with_its_cost(lab):
+    proposer = ScriptedProposer([{"MODE": "crash"}, ProposerError("no idea", Usage(7, 3, 0.2)), {"VAL": 0.9}])
+    run(config(lab, max_experiments=3), proposer=proposer, view=RecordingView())
+
+    got = rows(lab)
+    assert [r.status for r in got] == ["keep", "crash", "keep"]
+    assert (got[1].input_tokens, got[1].cost_usd) == (107, pytest.approx(0.2))
+    attempts = json.loads((lab / "results/t/runs/0001/proposal.json").read_text())["attempts"]
+    assert attempts[1]["error"] == "no idea"
+    assert RunState.load(lab / "results/t/run.json")["failed_proposals"] == 0  # it has its row
+
+
 def test_a_timeout_is_a_crash_without_fix_attempts(lab):
     proposer = ScriptedProposer([{"MODE": "hang"}, {"VAL": 0.9}])
     run(config(lab, max_experiments=3, timeout=1.5), proposer=proposer, view=RecordingView())
