@@ -122,6 +122,33 @@ def test_ctrl_c_during_training_kills_it_leaves_the_best_commit_and_resume_works
     assert_clean_at_best(lab)
 
 
+def test_after_kill_9_during_training_resume_stops_the_orphan_and_loses_nothing(lab, tmp_path):
+    env = agent_env(tmp_path, [{"VAL": 0.99}, {"VAL": 0.98}], STANDIN_SLEEP="0")
+    first = subprocess.run(command("--proposer", "command", "--command", AGENT, "--max-experiments", "2"),
+                           cwd=lab, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    env["STANDIN_SLEEP"] = "120"
+    proc = start(lab, ["--proposer", "command", "--command", AGENT, "--max-experiments", "3"], env)
+    training = wait_for(lambda: _read_json(lab / "results/t/training.json"))
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _alive(training["pid"])  # orphaned: it lives in its own session
+
+    env["STANDIN_SLEEP"] = "0"
+    (tmp_path / "script.json").write_text(json.dumps([{"VAL": 0.97}]))
+    again = subprocess.run(command("--proposer", "command", "--command", AGENT, "--max-experiments", "3"),
+                           cwd=lab, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert again.returncode == 0, again.stderr
+        assert not _alive(training["pid"])
+        assert [(r.experiment, r.description) for r in rows(lab)] == [
+            (0, "baseline"), (1, "set VAL 0.99"), (2, "set VAL 0.97"),
+        ]
+        assert_clean_at_best(lab)
+    finally:
+        _kill(training["pid"])
+
+
 def test_sigterm_while_the_agent_proposes_stops_it_and_the_run_cleanly(lab, tmp_path):
     env = agent_env(tmp_path, [{"sleep": 120, "VAL": 0.9}])
     proc = start(lab, ["--proposer", "command", "--command", AGENT, "--max-experiments", "3"], env)
