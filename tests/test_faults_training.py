@@ -96,23 +96,23 @@ for t in threads: t.join()
     "garbage_summary_truncated": (
         script(STEPS + 'sys.stdout.write("---\\nval_bpb:          0.99"); sys.stdout.flush(); os._exit(0)\n'),
         r"^no summary \(exit 0\)$", 60),
-    "writes_prepare_py": (script('open("prepare.py", "a").write("EVAL_TOKENS = 1\\n")\n', summary="0.5"),
+    "writes_prepare_py": (script('open("prepare.py", "a").write("EVAL_TOKENS = 1\\n")\n', summary="1.5"),
                           r"^modified prepare\.py$", 60),
-    "deletes_a_tracked_file": (script('os.remove("program.md")\n', summary="0.5"), r"^modified program\.md$", 60),
+    "deletes_a_tracked_file": (script('os.remove("program.md")\n', summary="1.5"), r"^modified program\.md$", 60),
     "writes_files_in_the_worktree": (
         script('os.makedirs("ckpt/deep", exist_ok=True)\nopen("ckpt/deep/model.pt", "wb").write(b"\\0" * 100)\n'
-               'open(".hidden", "w").write("x")\nos.symlink("/etc/passwd", "link")\n', summary="0.5"),
+               'open(".hidden", "w").write("x")\nos.symlink("/etc/passwd", "link")\n', summary="1.5"),
         r"^wrote files: \.hidden, ckpt/deep/model\.pt, link$", 60),
     "commits_to_the_run_branch": (
         script('open("prepare.py", "a").write("EVAL_TOKENS = 1\\n")\n'
                'subprocess.run(["git", "commit", "-qam", "sneaky", "--author", "x <x@x>"], check=True,\n'
                '               env={**os.environ, "GIT_COMMITTER_NAME": "x", "GIT_COMMITTER_EMAIL": "x@x"})\n',
-               summary="0.5"),
+               summary="1.5"),
         r"commit", 60),
     "writes_to_results_tsv": (
-        script(f'open({RESULTS}, "a").write("{FORGED_ROW}\\n")\n', summary="0.5"), r"results\.tsv", 60),
-    "truncates_results_tsv": (script(f'open({RESULTS}, "w").close()\n', summary="0.5"), r"results\.tsv", 60),
-    "deletes_results_tsv": (script(f"os.remove({RESULTS})\n", summary="0.5"), r"results\.tsv", 60),
+        script(f'open({RESULTS}, "a").write("{FORGED_ROW}\\n")\n', summary="1.5"), r"results\.tsv", 60),
+    "truncates_results_tsv": (script(f'open({RESULTS}, "w").close()\n', summary="1.5"), r"results\.tsv", 60),
+    "deletes_results_tsv": (script(f"os.remove({RESULTS})\n", summary="1.5"), r"results\.tsv", 60),
     "fills_memory": (
         script("resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a test-sized ceiling\n"
                "hog = []\nwhile True:\n    hog.append(bytearray(64 << 20))\n"),
