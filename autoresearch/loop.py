@@ -56,6 +56,8 @@ from autoresearch.workspace import Workspace
 
 BANNER = re.compile(r"^# ?-{10,}\s*$")
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LAB_VARIABLES = ("AUTORESEARCH_PROFILE", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_CACHE",
+                 "AUTORESEARCH_SOURCE", "AUTORESEARCH_EVAL_TOKENS")  # docs/architecture.md
 DEFAULT_BUDGET = 300.0  # seconds, when neither --time-budget nor prepare.py says otherwise
 LOG_TAIL_LINES = 50
 
@@ -540,7 +542,11 @@ class Session:
         return budget, cfg.timeout or budget + max(budget, 120.0)
 
     def training_env(self) -> dict[str, str]:
-        cfg, extra = self.config, dict(self.config.extra_env)
+        """The user's environment without credentials, plus the lab's variables (named here, as
+        the credential filter would drop AUTORESEARCH_EVAL_TOKENS for its TOKEN)."""
+        cfg = self.config
+        extra = {name: os.environ[name] for name in LAB_VARIABLES if os.environ.get(name)}
+        extra.update(cfg.extra_env)
         if cfg.profile:
             extra["AUTORESEARCH_PROFILE"] = cfg.profile
         if cfg.time_budget:

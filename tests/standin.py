@@ -27,7 +27,7 @@ SLEEP = 0.0  # seconds before the summary
 time.sleep(float(os.environ.get("STANDIN_SLEEP", SLEEP)))
 print("step 00001 | loss 3.0", flush=True)
 print("saw OPENAI_API_KEY:", "OPENAI_API_KEY" in os.environ)
-print("profile env:", os.environ.get("AUTORESEARCH_PROFILE"), os.environ.get("AUTORESEARCH_TIME_BUDGET"))
+print("lab env:", *[os.environ.get(f"AUTORESEARCH_{name}") for name in ("PROFILE", "TIME_BUDGET", "CACHE", "SOURCE", "EVAL_TOKENS")])
 if MODE == "crash":
     raise RuntimeError("boom: the stand-in crashed on purpose")
 if MODE == "hang":

@@ -264,11 +264,15 @@ def test_a_baseline_crash_stops_the_run_and_resume_runs_the_baseline_again(lab, 
 
 def test_the_training_process_gets_the_lab_settings_but_no_api_key(lab, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-never-to-be-seen-123")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", "/some/cache")
+    monkeypatch.setenv("AUTORESEARCH_SOURCE", "stdlib")
+    monkeypatch.setenv("AUTORESEARCH_EVAL_TOKENS", "16384")
+    monkeypatch.setenv("AUTORESEARCH_PROFILE", "gpu")  # --profile wins
     run(config(lab, max_experiments=1, time_budget=7), proposer=ScriptedProposer([]), view=RecordingView())
 
     log = (lab / "results/t/runs/0000/run.log").read_text()
     assert "saw OPENAI_API_KEY: False" in log
-    assert "profile env: cpu 7" in log
+    assert "lab env: cpu 7 /some/cache stdlib 16384" in log
     for path in (lab / "results").rglob("*"):
         if path.is_file():
             assert "sk-test-never-to-be-seen" not in path.read_text(errors="replace")
