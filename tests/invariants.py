@@ -11,7 +11,7 @@
 - The user's checkout is byte-for-byte what it was: HEAD, branch, index, and every file outside
   .git, results/ and .autoresearch/ (uncommitted and untracked files included).
 - No secret of SECRETS appears in any file under results/ (run logs, proposals, the rows) or in
-  the worktree; the lab's train.py prints its whole environment into run.log, so this also
+  the worktree's train.py; the lab's train.py prints its whole environment into run.log, so this also
   proves the training process never saw them.
 - No process is left running in the lab (training, its children, an agent).
 
@@ -160,15 +160,17 @@ def check_branch(root: Path, tag: str, rows: list[Row]) -> None:
 
 
 def secrets_found(root: Path, tag: str, secrets=None) -> list[str]:
-    """`path: NAME` for every secret value found in results/<tag>/ or the worktree."""
+    """`path: NAME` for every secret value found in results/<tag>/ or the worktree's train.py
+    (the rest of the worktree is checked to be the committed lab by check_branch)."""
     secrets = SECRETS if secrets is None else secrets
     p = paths(root, tag)
+    files = [f for f in p["dir"].rglob("*") if f.is_file() and not f.is_symlink()] if p["dir"].exists() else []
+    if (p["worktree"] / "train.py").is_file():
+        files.append(p["worktree"] / "train.py")
     found = []
-    for folder in (p["dir"], p["worktree"]):
-        for path in folder.rglob("*") if folder.exists() else []:
-            if path.is_file() and not path.is_symlink() and ".git" not in path.parts[len(folder.parts):][:1]:
-                data = path.read_bytes()
-                found += [f"{path}: {name}" for name, value in secrets.items() if value.encode() in data]
+    for path in files:
+        data = path.read_bytes()
+        found += [f"{path}: {name}" for name, value in secrets.items() if value.encode() in data]
     return found
 
 
