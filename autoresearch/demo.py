@@ -88,13 +88,14 @@ def summarize(root: Path, tag: str, outcome: RunOutcome, console: Console | None
         table.add_row(str(row.experiment), row.commit, val, row.status, row.description)
     console.print(table)
     if rows and rows[0].status == "keep" and outcome.best_val_bpb is not None:
-        gain = rows[0].val_bpb - outcome.best_val_bpb
+        change = outcome.best_val_bpb - rows[0].val_bpb
         console.print(f"best val_bpb {outcome.best_val_bpb:.6f} at {outcome.best_commit} "
-                      f"({gain:+.6f} vs the baseline {rows[0].val_bpb:.6f})", highlight=False)
+                      f"({change:+.6f} vs the baseline {rows[0].val_bpb:.6f})", highlight=False, soft_wrap=True)
     console.print(
         f"results:  {root / 'results' / tag}/ (results.tsv, runs/NNNN/run.log, diff.patch)\n"
         f"branch:   autoresearch/{tag} (its tip is the best commit)\n"
         f"report:   autoresearch report --tag {tag}\n"
         f"next:     autoresearch run --tag mar5 --proposer anthropic   (or openai, hparam, command)",
         highlight=False,
+        soft_wrap=True,
     )

@@ -47,7 +47,8 @@ def test_demo_prepares_once_then_runs_the_baseline_and_three_hparam_experiments(
     assert all(" -> " in r.description for r in rows[1:])  # hparam's `NAME old -> new`
     out = capsys.readouterr().out
     assert f"autoresearch report --tag {tags[0]}" in out and f"demo run '{tags[1]}'" in out
-    assert "best val_bpb" in out and "baseline" in out
+    assert "best val_bpb" in out and "vs the baseline 1.000000" in out
+    assert f"results:  {root / 'results' / tags[1]}/ (results.tsv, runs/NNNN/run.log, diff.patch)\n" in out
     assert git.Repo(root).active_branch.name == "main" and not git.Repo(root).is_dirty()
 
 
