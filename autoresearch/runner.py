@@ -35,7 +35,12 @@ TAIL_BYTES = 1 << 20  # the summary, FAIL and the traceback are at the end of th
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
 SECRET_PREFIXES = ("OPENAI_", "ANTHROPIC_", "AWS_", "AZURE_", "HF_", "HUGGING_FACE_", "OPENROUTER_")
 # Hugging Face cache and offline switches are paths and flags, not secrets.
-KEEP = frozenset({"HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"})
+KEEP = frozenset({
+    "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+    # The lab's own settings (docs/architecture.md); EVAL_TOKENS would otherwise read as a token.
+    "AUTORESEARCH_PROFILE", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_CACHE",
+    "AUTORESEARCH_SOURCE", "AUTORESEARCH_EVAL_TOKENS",
+})
 # Values that look like a key whatever the variable is called (OpenAI/Anthropic, HF, GitHub, AWS, Slack, GitLab).
 SECRET_VALUE = re.compile(r"^(sk-|sk_|hf_|ghp_|gho_|ghs_|github_pat_|AKIA|xox[abpr]-|glpat-)")
 

@@ -275,11 +275,13 @@ def test_training_env_strips_credentials_and_the_child_does_not_see_them(tmp_pat
         "MY_LLM": "sk-innocent-name",
         "CUDA_VISIBLE_DEVICES": "0",
         "AUTORESEARCH_PROFILE": "gpu",
+        "AUTORESEARCH_EVAL_TOKENS": "4096",  # a lab setting, not a credential
     }
     env = training_env(base, {"AUTORESEARCH_PROFILE": "cpu", "AUTORESEARCH_TIME_BUDGET": "5"})
     assert set(env) == {
         "PATH", "HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES", "AUTORESEARCH_PROFILE",
-        "AUTORESEARCH_TIME_BUDGET", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
+        "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_EVAL_TOKENS", "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
     }
     assert env["AUTORESEARCH_PROFILE"] == "cpu"
     folder = script(tmp_path, """
