@@ -328,7 +328,8 @@ def judge(text: str, returncode: int | None, timed_out: bool, timeout: float) ->
     if "val_bpb" not in metrics:
         return result("crash", f"no summary (exit {returncode})")
     val_bpb = metrics["val_bpb"]
-    if not isinstance(val_bpb, float) or not math.isfinite(val_bpb):
+    # Bits per byte is positive; 0.000000 is also results.tsv's mark of a crash.
+    if not isinstance(val_bpb, float) or not math.isfinite(val_bpb) or val_bpb <= 0:
         return result("crash", f"val_bpb is {val_bpb}")
     return result("ok")
 
