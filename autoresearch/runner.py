@@ -3,7 +3,9 @@
 train.py runs in its own session (so its own process group), with its output going straight to
 run.log (a file, never a pipe: a chatty run cannot block on a full pipe). When it ends, for any
 reason, everything it started dies with it: its process group, descendants that left the group
-with setsid (seen while it ran), and any process still carrying the run's marker variable.
+with setsid (seen while it ran), any process still carrying the run's marker variable, and (on
+Linux, where the harness is a child subreaper) orphans the kernel handed back to the harness,
+such as a daemon that double-forked and dropped its environment.
 While it runs, training.json names it so that a resumed harness can kill an orphan left behind
 by a harness that was killed with SIGKILL.
 
@@ -171,12 +173,33 @@ class _Tracker:
         tmp.write_text(json.dumps(data) + "\n")
         os.replace(tmp, self.pid_file)
 
+    def adopted(self) -> list[psutil.Process]:
+        """Orphans of the training tree handed to us by the kernel (we are a subreaper): our
+        children started after train.py, with their descendants. Zombies included, to reap."""
+        if not self.create_time:
+            return []
+        found = []
+        try:
+            kids = psutil.Process().children()
+        except psutil.Error:
+            return []
+        for kid in kids:
+            try:
+                # After train.py, on the same clock: nothing but its descendants (the harness
+                # starts no process while it waits for training).
+                if kid.pid != self.popen.pid and kid.create_time() > self.create_time:
+                    found += [kid, *kid.children(recursive=True)]
+            except psutil.Error:
+                continue
+        return found
+
     def scan(self) -> None:
         """Record descendants (also those that left the group with setsid) while they are visible."""
         try:
             kids = psutil.Process(self.popen.pid).children(recursive=True)
         except psutil.Error:
-            return
+            kids = []
+        kids += self.adopted()
         new = False
         for kid in kids:
             try:
@@ -192,16 +215,24 @@ class _Tracker:
         procs = [p for pid, ct in self.children.items() if (p := _same_process(pid, ct))]
         seen = {p.pid for p in procs}
         procs += [p for p in _marked(self.marker) if p.pid not in seen]
+        seen = {p.pid for p in procs}
+        procs += [p for p in self.adopted() if p.pid not in seen and _alive(p)]
         return procs
 
     def kill_everything(self) -> int:
-        """SIGKILL the group, recorded descendants and marked processes; reap train.py."""
+        """SIGKILL the group, recorded descendants, marked and adopted processes; reap train.py
+        and the adopted ones."""
         procs = self.leftovers()
         _signal_all(procs, self.pgid, signal.SIGKILL)
         try:
             self.popen.wait(timeout=10)
         except subprocess.TimeoutExpired:  # unkillable (D state): nothing more we can do
             pass
+        for proc in self.adopted():  # our children now: reap them, or they stay zombies
+            try:
+                proc.wait(timeout=5)
+            except psutil.Error:
+                pass
         return len(procs)
 
     def remove_pid_file(self) -> None:
@@ -233,6 +264,7 @@ def run_training(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     marker = uuid.uuid4().hex
     child_env = {**env, MARKER: marker}
+    _become_subreaper()
     start = time.monotonic()
     tracker = None
     timed_out = False
@@ -266,6 +298,24 @@ def run_training(
     result = judge(_tail(log_path), popen.returncode, timed_out, timeout)
     result.log_path, result.seconds, result.children_killed = log_path, seconds, killed
     return result
+
+
+_subreaper = False
+
+
+def _become_subreaper() -> None:
+    """Linux: have orphans of our descendants reparented to us instead of init, so a daemon
+    that left train.py's group, session and environment (double fork, setsid, empty env) is
+    still found and killed after the run."""
+    global _subreaper
+    if _subreaper or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        _subreaper = ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
 
 
 def _oom_first(pid: int) -> None:

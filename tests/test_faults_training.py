@@ -173,8 +173,7 @@ def test_faulty_train_py_is_a_crash_with_its_reason_reverted_and_the_loop_goes_o
 
 @pytest.mark.parametrize("how", [
     "same_group", "setsid", "double_fork_daemon",
-    pytest.param("daemon_without_marker", marks=pytest.mark.xfail(
-        strict=True, reason="an orphan that dropped the marker is reparented to init, out of the runner's sight")),
+    "daemon_without_marker",
 ])
 def test_processes_spawned_by_train_py_are_killed_with_it(user_lab, tmp_path, how):
     root, user = user_lab
