@@ -7,11 +7,14 @@ own bookkeeping under .git/: the branch ref, the worktree's metadata, and (if th
 ignore rules do not already cover it) one line `/.autoresearch/` in .git/info/exclude.
 """
 
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import git
+import psutil
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from autoresearch.errors import AutoresearchError
@@ -144,13 +147,37 @@ class Workspace:
                 user.git.worktree("add", "--quiet", str(path), branch)
             except GitCommandError as exc:
                 raise AutoresearchError(f"cannot check out {branch} in {path}: {_git_error(exc)}") from None
-        return cls(root, tag, branch, path)
+        workspace = cls(root, tag, branch, path)
+        workspace.clear_stale_locks()
+        return workspace
 
     @staticmethod
     def exists(repo_root: Path, tag: str) -> bool:
         """True if run `tag` has a branch (a bad tag or a non-repository is an error)."""
         user = _user_repo(repo_root)
         return _branch_exists(user, _check_tag(user, tag))
+
+    def clear_stale_locks(self, wait: float = 10.0) -> list[Path]:
+        """Remove the lock files a git killed mid-write left behind (kill -9 of the harness's
+        process group): the worktree's index.lock and HEAD.lock and the branch's ref lock.
+        Without this every later git command of the run fails. Only called under the run lock,
+        once no git process works in the worktree any more (up to `wait` seconds). Returns the
+        removed paths."""
+        gitdir, common = Path(self.repo.git_dir), Path(self.repo.common_dir)
+        locks = [gitdir / "index.lock", gitdir / "HEAD.lock", common / "refs" / "heads" / f"{self.branch}.lock"]
+        if not any(lock.exists() for lock in locks):
+            return []
+        deadline = time.monotonic() + wait
+        while _git_working_in(self.path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        removed = []
+        for lock in locks:
+            try:
+                lock.unlink()
+                removed.append(lock)
+            except FileNotFoundError:
+                pass
+        return removed
 
     # --- reading -----------------------------------------------------------
 
@@ -226,6 +253,21 @@ def _is_worktree_of(path: Path, branch: str) -> bool:
             repo.close()
     except (InvalidGitRepositoryError, NoSuchPathError, TypeError, ValueError):
         return False
+
+
+def _git_working_in(path: Path) -> bool:
+    """True if a git process other than our own helpers runs in `path` (e.g. a git command a
+    killed harness started, still finishing)."""
+    me, target = os.getpid(), str(Path(path).resolve())
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if proc.info["name"] != "git" or proc.ppid() == me or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.cwd() == target:
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def _unregister(user: git.Repo, path: Path) -> None:

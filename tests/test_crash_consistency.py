@@ -38,7 +38,6 @@ def test_kill_9_at_random_points_then_resume_loses_and_doubles_nothing(tmp_repo,
     assert [r.experiment for r in got] == list(range(stats.rows + 2))
 
 
-@pytest.mark.xfail(strict=True, reason="a stale git lock makes resume fail (see /work/H7_findings.md F8)")
 def test_git_locks_left_by_a_kill_mid_commit_do_not_block_resume(tmp_repo, tmp_path):
     lab, user = make_user_lab(tmp_repo)
     first = Harness(lab, ["--proposer", "hparam", "--max-experiments", "2"], secret_env(), tmp_path / "out", "first")
