@@ -466,14 +466,19 @@ class Session:
         )
 
     def train_and_check(self, n: int, folder: Path) -> "Trained":
-        """Train the worktree's commit; anything the run wrote or changed besides train.py makes
-        it a crash and is undone."""
+        """Train the worktree's commit; anything the run wrote or changed besides train.py (a
+        file, a commit or checkout on the run branch) makes it a crash and is undone."""
+        trained = self.workspace.head()
         result = self.train(n, folder / "run.log")
         self.view.phase(n, "checking")
-        stray = self.workspace.stray_changes()
-        if stray:
-            self.workspace.revert_to(self.workspace.head())
-            return Trained(result, "crash", _stray_reason(stray, self.workspace))
+        reason = ""
+        if not self.workspace.at(trained):
+            reason = "changed the run branch (a git commit or checkout in the worktree)"
+        elif stray := self.workspace.stray_changes():
+            reason = _stray_reason(stray, self.workspace)
+        if reason:
+            self.workspace.revert_to(trained)
+            return Trained(result, "crash", reason)
         if result.status != "ok":
             return Trained(result, "crash", result.reason or result.status,
                            fixable=result.status in ("crash", "diverged"))

@@ -200,6 +200,15 @@ class Workspace:
         """Unified diff from commit `a` to commit `b`."""
         return self._git.diff("--no-color", "--no-ext-diff", a, b, strip_newline_in_stdout=False)
 
+    def at(self, commit: str) -> bool:
+        """True if the worktree's HEAD is the run branch and the branch is at `commit` (nothing
+        committed, reset or checked out behind our back)."""
+        try:
+            ref = self._git.symbolic_ref("--quiet", "HEAD")
+        except GitCommandError:  # detached
+            return False
+        return ref == f"refs/heads/{self.branch}" and self.head() == self.repo.commit(commit).hexsha
+
     def stray_changes(self, allow: tuple[str, ...] = ()) -> list[str]:
         """Paths (relative to the worktree) that differ from HEAD, except those in `allow`.
 
@@ -233,8 +242,9 @@ class Workspace:
         return self.head()
 
     def revert_to(self, commit: str) -> None:
-        """Branch tip and worktree back to `commit`; everything untracked or ignored is deleted."""
-        self._git.reset("--hard", "--quiet", commit)
+        """Branch tip and worktree back to `commit`; everything untracked or ignored is deleted.
+        HEAD is put back on the run branch too, should something have detached or switched it."""
+        self._git.checkout("--quiet", "--force", "-B", self.branch, commit)
         self._git.clean("-ffdxq")
 
     def close(self) -> None:

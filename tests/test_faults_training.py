@@ -107,8 +107,11 @@ for t in threads: t.join()
         script('open("prepare.py", "a").write("EVAL_TOKENS = 1\\n")\n'
                'subprocess.run(["git", "commit", "-qam", "sneaky", "--author", "x <x@x>"], check=True,\n'
                '               env={**os.environ, "GIT_COMMITTER_NAME": "x", "GIT_COMMITTER_EMAIL": "x@x"})\n',
-               summary="1.5"),
-        r"commit", 60),
+               summary="0.5"),
+        r"^changed the run branch", 60),
+    "detaches_head": (
+        script('subprocess.run(["git", "checkout", "-q", "--detach"], check=True)\n', summary="0.5"),
+        r"^changed the run branch", 60),
     "writes_to_results_tsv": (
         script(f'open({RESULTS}, "a").write("{FORGED_ROW}\\n")\n', summary="1.5"), r"results\.tsv", 60),
     "truncates_results_tsv": (script(f'open({RESULTS}, "w").close()\n', summary="1.5"), r"results\.tsv", 60),
@@ -125,7 +128,6 @@ for t in threads: t.join()
 # Until the loop guards results.tsv and the branch against the training process (see
 # /work/H7_findings.md); these cases document the expected behaviour.
 NOT_YET = {
-    "commits_to_the_run_branch": "the loop does not check that training left the branch where it was",
     "writes_to_results_tsv": "the loop does not guard results.tsv against the training process",
     "truncates_results_tsv": "the loop does not guard results.tsv against the training process",
     "deletes_results_tsv": "the loop does not guard results.tsv against the training process",
