@@ -50,7 +50,7 @@ from git.exc import GitCommandError
 from autoresearch.errors import AutoresearchError
 from autoresearch.live import View, make_view
 from autoresearch.proposers import Context, Proposal, ProposerError, ProposerOptions, Usage
-from autoresearch.results import ResultsFile, Row, RunLock, RunState, utc_now
+from autoresearch.results import ResultsFile, Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
 from autoresearch.runner import RunResult, kill_orphan, run_training, training_env
 from autoresearch.workspace import Workspace
 
@@ -467,18 +467,21 @@ class Session:
 
     def train_and_check(self, n: int, folder: Path) -> "Trained":
         """Train the worktree's commit; anything the run wrote or changed besides train.py (a
-        file, a commit or checkout on the run branch) makes it a crash and is undone."""
+        file, a commit or checkout on the run branch, the run's own records) makes it a crash
+        and is undone."""
         trained = self.workspace.head()
+        # train.py runs as the user and can reach ../../../results/<tag>/: keep what we wrote.
+        records = {path: read_bytes(path) for path in (self.paths.results, self.paths.state)}
         result = self.train(n, folder / "run.log")
         self.view.phase(n, "checking")
-        reason = ""
+        reasons = [f"modified {path.name} (restored)" for path, data in records.items() if restore_bytes(path, data)]
         if not self.workspace.at(trained):
-            reason = "changed the run branch (a git commit or checkout in the worktree)"
+            reasons.append("changed the run branch (a git commit or checkout in the worktree)")
         elif stray := self.workspace.stray_changes():
-            reason = _stray_reason(stray, self.workspace)
-        if reason:
+            reasons.append(_stray_reason(stray, self.workspace))
+        if reasons:
             self.workspace.revert_to(trained)
-            return Trained(result, "crash", reason)
+            return Trained(result, "crash", "; ".join(reasons))
         if result.status != "ok":
             return Trained(result, "crash", result.reason or result.status,
                            fixable=result.status in ("crash", "diverged"))

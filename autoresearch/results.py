@@ -306,6 +306,35 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def read_bytes(path: Path) -> bytes | None:
+    """The file's bytes, or None if it does not exist."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def restore_bytes(path: Path, data: bytes | None) -> bool:
+    """Put `path` back to `data` (None: no file) if it is not that any more; atomically, fsynced.
+    True if it had changed. The loop guards its own records with this while untrusted code (the
+    training run) runs as the same user and could write to them."""
+    path = Path(path)
+    if read_bytes(path) == data:
+        return False
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.restore")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return True
+
+
 class RunLock:
     """results/<tag>/run.lock: one harness per tag. An flock, so a dead process holds nothing."""
 

@@ -113,9 +113,15 @@ for t in threads: t.join()
         script('subprocess.run(["git", "checkout", "-q", "--detach"], check=True)\n', summary="0.5"),
         r"^changed the run branch", 60),
     "writes_to_results_tsv": (
-        script(f'open({RESULTS}, "a").write("{FORGED_ROW}\\n")\n', summary="1.5"), r"results\.tsv", 60),
-    "truncates_results_tsv": (script(f'open({RESULTS}, "w").close()\n', summary="1.5"), r"results\.tsv", 60),
-    "deletes_results_tsv": (script(f"os.remove({RESULTS})\n", summary="1.5"), r"results\.tsv", 60),
+        script(f'open({RESULTS}, "a").write("{FORGED_ROW}\\n")\n', summary="0.5"),
+        r"^modified results\.tsv \(restored\)$", 60),
+    "truncates_results_tsv": (script(f'open({RESULTS}, "w").close()\n', summary="0.5"),
+                              r"^modified results\.tsv \(restored\)$", 60),
+    "deletes_results_tsv": (script(f"os.remove({RESULTS})\n", summary="0.5"), r"^modified results\.tsv \(restored\)$", 60),
+    "rewrites_run_json": (
+        script('p = os.path.join("..", "..", "..", "results", os.path.basename(os.getcwd()), "run.json")\n'
+               'open(p, "w").write("{}")\n', summary="0.5"),
+        r"^modified run\.json \(restored\)$", 60),
     "fills_memory": (
         script("resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a test-sized ceiling\n"
                "hog = []\nwhile True:\n    hog.append(bytearray(64 << 20))\n"),
@@ -125,13 +131,8 @@ for t in threads: t.join()
         r"^killed by SIGKILL$", 60),
 }
 
-# Until the loop guards results.tsv and the branch against the training process (see
-# /work/H7_findings.md); these cases document the expected behaviour.
-NOT_YET = {
-    "writes_to_results_tsv": "the loop does not guard results.tsv against the training process",
-    "truncates_results_tsv": "the loop does not guard results.tsv against the training process",
-    "deletes_results_tsv": "the loop does not guard results.tsv against the training process",
-}
+# Cases that document a known gap (xfail, strict) until it is closed.
+NOT_YET: dict[str, str] = {}
 
 
 @pytest.fixture
