@@ -365,13 +365,14 @@ class Session:
         (folder / "run.log").rename(log)  # run.log is always the attempt the row describes
         ctx = self.context(n, train_py=crashed.train_py, feedback=_feedback(trained.reason, log))
         self.view.phase(n, "fixing")
+        base = self.workspace.head()  # the crashed commit
         try:
             fix = self.proposer.propose(ctx)
-            self.only_train_py_changed(fix)
+            self.only_train_py_changed(fix, base)
             if fix.train_py == crashed.train_py:
                 raise ProposerError("the fix leaves train.py unchanged", fix.usage, fix.raw)
         except ProposerError as err:
-            self.workspace.revert_to(self.workspace.head())  # undo what an agent left half-done
+            self.workspace.revert_to(base)  # undo what an agent left half-done (commits too)
             record["attempts"].append({"fix": attempt, "error": str(err), "raw": _clip(err.raw),
                                        "usage": asdict(err.usage)})
             return None, err.usage
@@ -404,7 +405,7 @@ class Session:
             try:
                 proposal = self.proposer.propose(ctx)
                 self.view.phase(ctx.experiment, "checking")
-                self.only_train_py_changed(proposal)
+                self.only_train_py_changed(proposal, self.best_commit)
                 if proposal.train_py == ctx.train_py:
                     raise ProposerError("the proposal leaves train.py unchanged", proposal.usage, proposal.raw)
             except ProposerError as err:
@@ -442,14 +443,18 @@ class Session:
         pause_sleep(seconds)
         self.save_state(state="running")
 
-    def only_train_py_changed(self, proposal: Proposal | None = None) -> None:
-        """A proposer (an external agent) that touched any other path is a failed proposal."""
+    def only_train_py_changed(self, proposal: Proposal | None, base: str) -> None:
+        """A proposer (an external agent) that touched any other path, or made train.py a link,
+        is a failed proposal. Commits it made on the branch (`base` before it ran) are undone
+        first, keeping the files, so that they cannot hide what it changed."""
+        usage = proposal.usage if proposal else Usage()
+        self.workspace.rewind(base)
+        train = self.workspace.path / "train.py"
+        if train.is_symlink() or not train.is_file():
+            raise ProposerError("the proposer replaced train.py with a symlink or a non-file; it must stay a file", usage)
         stray = self.workspace.stray_changes(allow=("train.py",))
         if stray:
-            raise ProposerError(
-                "the proposer changed files other than train.py: " + _names(stray),
-                proposal.usage if proposal else Usage(),
-            )
+            raise ProposerError("the proposer changed files other than train.py: " + _names(stray), usage)
 
     def apply(self, n: int, proposal: Proposal) -> str:
         self.view.phase(n, "committing")

@@ -225,7 +225,10 @@ class Workspace:
     # --- changing (the worktree only) --------------------------------------
 
     def write_train_py(self, text: str) -> None:
-        with open(self.path / "train.py", "w", encoding="utf-8", newline="") as f:
+        path = self.path / "train.py"
+        if path.is_symlink():  # never write through a link to somewhere outside the worktree
+            path.unlink()
+        with open(path, "w", encoding="utf-8", newline="") as f:
             f.write(text)
 
     def commit(self, message: str) -> str:
@@ -240,6 +243,16 @@ class Workspace:
             env=_IDENTITY,
         )
         return self.head()
+
+    def rewind(self, commit: str) -> bool:
+        """If HEAD is no longer the run branch at `commit` (someone committed, reset or switched
+        branches in the worktree), put it back there, keeping the files: what they changed then
+        shows as changes against `commit`. True if it had moved."""
+        if self.at(commit):
+            return False
+        self._git.symbolic_ref("HEAD", f"refs/heads/{self.branch}")
+        self._git.reset("--mixed", "--quiet", commit)
+        return True
 
     def revert_to(self, commit: str) -> None:
         """Branch tip and worktree back to `commit`; everything untracked or ignored is deleted.

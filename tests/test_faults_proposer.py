@@ -284,7 +284,6 @@ def test_a_command_agent_that_touches_more_than_train_py_is_a_failed_proposal(us
     assert error in failures(root)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="the loop accepts a symlinked train.py and writes through it")
 def test_a_command_agent_that_makes_train_py_a_symlink_out_of_the_worktree_is_refused(user_lab, tmp_path):
     root, user = user_lab
     outside = tmp_path / "outside.py"
@@ -298,12 +297,24 @@ def test_a_command_agent_that_makes_train_py_a_symlink_out_of_the_worktree_is_re
     assert "symlink" in failures(root)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="a commit made by the agent hides its other changes from the check")
 def test_a_command_agent_that_commits_its_changes_cannot_smuggle_in_other_files(user_lab, tmp_path):
     root, user = user_lab
     first = ("sed -i 's/^VAL = .*/VAL = 0.5/' train.py && echo 'EVAL_TOKENS = 1' >> prepare.py && "
              "git -c user.name=a -c user.email=a@a commit -qam 'agent commit'")
     run_loop(root, command_proposer(agent(tmp_path, first)))
     check_invariants(root, "t", user, rows=2)
-    assert "EVAL_TOKENS = 1" not in (root / ".autoresearch/worktrees/t/prepare.py").read_text()
+    assert "\nEVAL_TOKENS = 1\n" not in (root / ".autoresearch/worktrees/t/prepare.py").read_text()
     assert "changed files other than train.py: prepare.py" in failures(root)[0]
+
+
+def test_a_command_agent_that_commits_only_train_py_is_accepted_without_its_commit(user_lab, tmp_path):
+    import git
+
+    root, user = user_lab
+    first = ("sed -i 's/^VAL = .*/VAL = 0.9  # lower/' train.py && "
+             "git -c user.name=a -c user.email=a@a commit -qam 'agent commit'")
+    run_loop(root, command_proposer(agent(tmp_path, first)))
+    rows = check_invariants(root, "t", user, rows=2)
+    assert rows[1].status == "keep" and rows[1].val_bpb == pytest.approx(0.9) and failures(root) == []
+    log = git.Repo(root).git.log("--format=%an %s", "autoresearch/t").splitlines()
+    assert len(log) == 2 and log[0].startswith("autoresearch ") and "agent commit" not in "\n".join(log)
