@@ -51,7 +51,8 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.live import View, make_view
 from autoresearch.proposers import Context, Proposal, ProposerError, ProposerOptions, Usage
 from autoresearch.results import ResultsFile, Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
-from autoresearch.runner import RunResult, kill_orphan, run_training, training_env
+from autoresearch.proposers.command import AGENT_MARKER
+from autoresearch.runner import RunResult, kill_marked, kill_orphan, run_training, training_env
 from autoresearch.workspace import Workspace
 
 BANNER = re.compile(r"^# ?-{10,}\s*$")
@@ -193,6 +194,7 @@ class Session:
         self.rows = self.results.rows()
         self.workspace, self.state = self.open_workspace()
         kill_orphan(self.paths.training)
+        kill_marked(AGENT_MARKER, str(self.workspace.path.resolve()))  # an agent of a killed harness
         self.best_commit, self.best = self.best_from_rows()
         try:
             self.workspace.revert_to(self.best_commit)

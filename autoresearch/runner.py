@@ -104,15 +104,15 @@ def _same_process(pid: int, create_time: float) -> psutil.Process | None:
     return None
 
 
-def _marked(marker: str) -> list[psutil.Process]:
-    """Live processes whose environment carries MARKER=marker (inherited from train.py)."""
+def _marked(marker: str, name: str = MARKER) -> list[psutil.Process]:
+    """Live processes whose environment carries name=marker (MARKER is inherited from train.py)."""
     me = os.getpid()
     found = []
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(MARKER) == marker and _alive(proc):
+            if proc.environ().get(name) == marker and _alive(proc):
                 found.append(proc)
         except psutil.Error:
             continue
@@ -451,3 +451,10 @@ def kill_orphan(pid_file: Path, grace: float = KILL_GRACE) -> bool:
     killed = _stop(list(procs.values()), pgid, grace) if procs else 0
     pid_file.unlink(missing_ok=True)
     return killed > 0
+
+
+def kill_marked(name: str, value: str, grace: float = KILL_GRACE) -> int:
+    """Stop every process whose environment carries name=value (e.g. an external agent a killed
+    harness left running: proposers/command.py marks it with its worktree). Returns how many."""
+    procs = _marked(value, name)
+    return _stop(procs, None, grace) if procs else 0

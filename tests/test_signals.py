@@ -177,7 +177,6 @@ def test_a_lock_held_by_a_killed_harness_does_not_block_the_next_one(user_lab, t
     check_invariants(lab, "t", user, rows=2)
 
 
-@pytest.mark.xfail(strict=True, reason="an agent orphaned by kill -9 of the harness is not stopped on resume")
 def test_kill_9_while_proposing_the_resumed_run_stops_the_orphaned_agent(user_lab, tmp_path):
     lab, user = user_lab
     first = reach("proposing", lab, tmp_path)

@@ -5,8 +5,10 @@ fresh context each time. The prompt (proposers/prompt.py, agent form) is on its 
 file named by AUTORESEARCH_PROMPT_FILE. CMD edits train.py in place and may write a one-line
 description to the file named by AUTORESEARCH_DESCRIPTION_FILE. Both files live in a temporary
 directory outside the worktree, so they never dirty it. Also set for CMD:
-AUTORESEARCH_EXPERIMENT, and AUTORESEARCH_MODEL when --model was given. The environment is
-otherwise passed through unchanged: the agent needs its own API keys.
+AUTORESEARCH_EXPERIMENT, AUTORESEARCH_MODEL when --model was given, and
+AUTORESEARCH_AGENT_WORKTREE (the worktree: a resumed harness stops any process still carrying it,
+i.e. an agent that a kill -9 of the harness left running). The environment is otherwise passed
+through unchanged: the agent needs its own API keys.
 
 train.py in the worktree is set to ctx.train_py first. CMD runs in its own process group, so a
 terminal's Ctrl-C does not reach it: when the harness is interrupted while CMD runs, the group is
@@ -29,6 +31,9 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
 from autoresearch.proposers.prompt import build_agent_prompt
 
+# Set to the worktree in the agent's environment (inherited by what it starts), so a resumed
+# harness can stop an agent that a `kill -9` of the previous one left running.
+AGENT_MARKER = "AUTORESEARCH_AGENT_WORKTREE"
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the command's process group
 TAIL_CHARS = 4000  # of the command's output, in errors
 RAW_CHARS = 20_000  # of the command's output, kept in proposal.json
@@ -63,6 +68,7 @@ class CommandProposer:
             env["AUTORESEARCH_PROMPT_FILE"] = str(prompt_file)
             env["AUTORESEARCH_DESCRIPTION_FILE"] = str(description_file)
             env["AUTORESEARCH_EXPERIMENT"] = str(ctx.experiment)
+            env[AGENT_MARKER] = str(Path(ctx.workdir).resolve())  # found on resume if orphaned
             if self.model:
                 env["AUTORESEARCH_MODEL"] = self.model
             code, seconds, timed_out = self._run(ctx.workdir, env, prompt_file, output_file)
