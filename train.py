@@ -209,7 +209,8 @@ class GPT(nn.Module):
         logits = cap * torch.tanh(logits / cap)  # soft-cap keeps logits in (-cap, cap)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=reduction)
 
 
 # ---------------------------------------------------------------------------
@@ -332,7 +333,7 @@ class MuonAdamW(torch.optim.Optimizer):
 # ---------------------------------------------------------------------------
 
 # Architecture
-WINDOW_PATTERN = "SSSL"    # attention span per layer, tiled over depth: L = full context, S = short; last layer is always L
+WINDOW_PATTERN = "SSSL"    # attention span per layer, tiled over depth: L = full context, S = short; last is L
 SHORT_WINDOW = 0.5         # an S layer sees this fraction of MAX_SEQ_LEN: local layers are cheaper and train faster
 SOFTCAP = 15.0             # logits pass through SOFTCAP*tanh(x/SOFTCAP): no runaway logits early in training
 VE_GATE_CHANNELS = 32      # residual channels that drive each value-embedding gate
@@ -426,7 +427,8 @@ short_window = max(1, int(SHORT_WINDOW * MAX_SEQ_LEN))
 windows = [MAX_SEQ_LEN if WINDOW_PATTERN[i % len(WINDOW_PATTERN)] == "L" else short_window for i in range(DEPTH)]
 windows[-1] = MAX_SEQ_LEN
 config = GPTConfig(seq_len=MAX_SEQ_LEN, vocab_size=vocab_size, n_layer=DEPTH, n_head=model_dim // HEAD_DIM,
-                   n_embd=model_dim, windows=tuple(windows), softcap=SOFTCAP, ve_gate_channels=VE_GATE_CHANNELS)
+                   n_embd=model_dim, windows=tuple(windows), softcap=SOFTCAP,
+                   ve_gate_channels=min(VE_GATE_CHANNELS, model_dim))
 print(f"Model config: {asdict(config)}")
 with DEVICE:
     model = GPT(config)
@@ -436,10 +438,13 @@ num_params = model.num_params()
 flops_per_token = model.flops_per_token()
 print(f"Parameters: {num_params:,} | FLOPs per token: {flops_per_token:.3e}")
 
-tokens_per_micro_step = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
+# a total batch below one device batch shrinks the device batch rather than failing
+device_batch = max(1, min(DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE // MAX_SEQ_LEN))
+tokens_per_micro_step = device_batch * MAX_SEQ_LEN
 assert TOTAL_BATCH_SIZE % tokens_per_micro_step == 0, (
-    f"TOTAL_BATCH_SIZE {TOTAL_BATCH_SIZE} is not a multiple of DEVICE_BATCH_SIZE*MAX_SEQ_LEN {tokens_per_micro_step}")
+    f"TOTAL_BATCH_SIZE {TOTAL_BATCH_SIZE} is not a multiple of device batch x MAX_SEQ_LEN = {tokens_per_micro_step}")
 grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_micro_step
+eval_batch = max(1, min(device_batch, EVAL_TOKENS // MAX_SEQ_LEN))  # evaluate_bpb needs batch x seq <= EVAL_TOKENS
 
 adam_scale = (model_dim / 768) ** -0.5  # AdamW LRs were tuned at width 768: scale them as 1/sqrt(width)
 adam = dict(kind="adamw", betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0)
@@ -463,9 +468,10 @@ for group in optimizer.param_groups:
 if DEVICE.type == "cuda":
     model = torch.compile(model, dynamic=False)
 
-train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
+train_loader = make_dataloader(tokenizer, device_batch, MAX_SEQ_LEN, "train")
 x, y, epoch = next(train_loader)
-print(f"Time budget: {TIME_BUDGET:g}s | grad accumulation steps: {grad_accum_steps} | eval tokens: {EVAL_TOKENS:,}")
+print(f"Time budget: {TIME_BUDGET:g}s | batch {device_batch} x {MAX_SEQ_LEN} x {grad_accum_steps} accumulation steps"
+      f" | eval tokens: {EVAL_TOKENS:,}")
 
 
 def lr_multiplier(progress):
@@ -566,7 +572,7 @@ while True:
 model.eval()
 t_eval = time.time()
 with amp:
-    val_bpb = evaluate_bpb(model, tokenizer, DEVICE_BATCH_SIZE)
+    val_bpb = evaluate_bpb(model, tokenizer, eval_batch)
 eval_seconds = time.time() - t_eval
 t_end = time.time()
 print(f"Eval: {eval_seconds:.1f}s for {EVAL_TOKENS:,} tokens")
