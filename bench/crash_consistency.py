@@ -1,23 +1,27 @@
 """Crash consistency: kill -9 the harness at random moments of a real run, resume, check.
 
 A throwaway repository holds the stand-in lab (tests/standin.py: a train.py that prints its
-summary after a short sleep). At each of N points, seeded: start `python -m autoresearch run
---proposer hparam` (a real subprocess, with fake API keys in its environment), wait a random
-time, SIGKILL it (the harness alone, which orphans its training, or its whole process group,
-which kills git mid-write), then recover: the same run is started again with the limit at the
-rows already logged, so it only does what a resume does on start (stop an orphaned training,
-move the branch back to the best kept commit, clean the worktree), and every invariant of
-issue #5 is checked (tests/invariants.py). The next point's harness resumes the run.
+summary after a short sleep). The proposer is `--proposer command` with a small agent that
+thinks for a moment and sets VAL (the stand-in's val_bpb) to a random value, so the run never
+runs out of ideas and a kill can land while the agent works. At each of N points, seeded: start
+`python -m autoresearch run` (a real subprocess, with fake API keys in its environment), wait a
+random time, SIGKILL it (the harness alone, which orphans its training or agent, or its whole
+process group, which kills git mid-write), then recover: the same run is started again with the
+limit at the rows already logged, so it only does what a resume does on start (stop an orphaned
+training or agent, clear stale git locks, move the branch back to the best kept commit, clean
+the worktree), and every invariant of issue #5 is checked (tests/invariants.py). The next
+point's harness resumes the run.
 
 A point "recovered cleanly" when the recovery exits 0 and every invariant holds, no row that was
 complete before the kill is lost, none is written twice, every row a harness printed is in
-results.tsv, and an orphaned training process is gone.
+results.tsv, no git lock file is left, and an orphaned training process or agent is gone.
 
     python bench/crash_consistency.py                  # 50 points, seed 0
     python bench/crash_consistency.py --points 200 --seed 7 --window 4
 
-Prints a table: points, recovered cleanly, rows lost, rows duplicated, orphans found and killed,
-median resume seconds (the recovery run's wall clock, interpreter start included).
+Prints a table: points, recovered cleanly, rows lost, rows duplicated, orphans (training runs
+and agents) found and killed, kills that left a git lock file, median resume seconds (the
+recovery run's wall clock, interpreter start included).
 """
 
 import argparse
@@ -53,6 +57,7 @@ class Stats:
     rows_duplicated: int = 0
     orphans_found: int = 0
     orphans_killed: int = 0
+    git_locks: int = 0  # kills that left a git lock file behind (cleared by the recovery)
     resume_seconds: list = field(default_factory=list)
     rows: int = 0
     failures: list = field(default_factory=list)  # (point, what went wrong)
@@ -61,10 +66,11 @@ class Stats:
     def table(self) -> str:
         median = statistics.median(self.resume_seconds) if self.resume_seconds else float("nan")
         lines = [
-            "| points | recovered cleanly | rows lost | rows duplicated | orphans found | orphans killed | median resume s | rows at the end |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| points | recovered cleanly | rows lost | rows duplicated | orphans found | orphans killed "
+            "| git locks left | median resume s | rows at the end |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {self.points} | {self.clean} | {self.rows_lost} | {self.rows_duplicated} | {self.orphans_found} "
-            f"| {self.orphans_killed} | {median:.2f} | {self.rows} |",
+            f"| {self.orphans_killed} | {self.git_locks} | {median:.2f} | {self.rows} |",
         ]
         return "\n".join(lines)
 
@@ -91,23 +97,42 @@ def raw_experiments(results: Path) -> list[int]:
     return out
 
 
-def harness_args(limit: int, extra=()) -> list[str]:
-    return ["--proposer", "hparam", "--max-experiments", str(limit), *extra]
+AGENT = """\
+import os, random, re, time
+time.sleep(float(os.environ.get("AGENT_SLEEP", "0.2")))  # thinking
+text = open("train.py").read()
+val = random.uniform(0.5, 1.5)
+open("train.py", "w").write(re.sub(r"^VAL = .*$", f"VAL = {val:.6f}  # random", text, count=1, flags=re.M))
+print(f"DESCRIPTION: VAL -> {val:.6f}")
+"""
+
+
+def agent_args(folder: Path) -> list[str]:
+    """`--proposer command` with the random agent, written into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "agent.py"
+    script.write_text(AGENT)
+    return ["--proposer", "command", "--command", f"{sys.executable} {script}"]
+
+
+def harness_args(limit: int, proposer: list[str]) -> list[str]:
+    return [*proposer, "--max-experiments", str(limit)]
 
 
 def crash_points(lab: Path, user: UserCheckout, points: int, seed: int = 0, window: float = 4.0,
-                 out: Path | None = None, train_sleep: float = 0.3, extra_args=(), extra_env=None,
+                 out: Path | None = None, train_sleep: float = 0.3, agent_sleep: float = 0.2, extra_env=None,
                  log=print) -> Stats:
     """Kill the harness at `points` random moments of a run in `lab`, recovering after each."""
     rng = random.Random(seed)
     out = out or Path(tempfile.mkdtemp(prefix="crash-out-"))
-    env = secret_env(STANDIN_SLEEP=str(train_sleep), **(extra_env or {}))
+    env = secret_env(STANDIN_SLEEP=str(train_sleep), AGENT_SLEEP=str(agent_sleep), **(extra_env or {}))
+    proposer = agent_args(out)
     stats = Stats()
     printed: dict[int, str] = {}
     results = lab / "results/t/results.tsv"
     for point in range(points):
         stats.points += 1
-        harness = Harness(lab, harness_args(10**6, extra_args), env, out, f"point{point:03d}")
+        harness = Harness(lab, harness_args(10**6, proposer), env, out, f"point{point:03d}")
         delay = rng.uniform(0.0, window)
         mode = rng.choice(["pid", "group"])
         stats.kill_modes[mode] += 1
@@ -126,22 +151,24 @@ def crash_points(lab: Path, user: UserCheckout, points: int, seed: int = 0, wind
         before = [r.experiment for r in ResultsFile(results).rows()] if results.exists() else []
         for exp, status in PRINTED_ROW.findall(harness.stdout()):
             printed[int(exp)] = status
+        locks = [p for p in _git_locks(lab) if p.exists()]
+        stats.git_locks += bool(locks)
         training = read_json(lab / "results/t/training.json")
-        orphan = None
+        orphans = _agents(lab)  # an agent the kill left running, and its children
         if training and _alive(training.get("pid"), training.get("create_time")):
-            orphan = training["pid"]
-            stats.orphans_found += 1
+            orphans.append((training["pid"], training.get("create_time")))
+        stats.orphans_found += len(orphans)
 
         # Recover: the same run with the limit at the rows it has. Only start() work happens.
         t0 = time.monotonic()
-        recover = Harness(lab, harness_args(max(1, len(before)), extra_args), env, out, f"recover{point:03d}")
+        recover = Harness(lab, harness_args(max(1, len(before)), proposer), env, out, f"recover{point:03d}")
         code = recover.wait(120)
         stats.resume_seconds.append(time.monotonic() - t0)
         if code != 0:
             problems.append(f"recovery exited {code}: {recover.stderr().strip()[-500:]}")
-        if orphan is not None:
-            if _alive(orphan, training.get("create_time")):
-                problems.append(f"orphan {orphan} still alive")
+        for pid, create_time in orphans:
+            if _alive(pid, create_time):
+                problems.append(f"orphan {pid} still alive")
             else:
                 stats.orphans_killed += 1
 
@@ -162,15 +189,36 @@ def crash_points(lab: Path, user: UserCheckout, points: int, seed: int = 0, wind
             check_invariants(lab, "t", user, rows=None if lost else max(1, len(before)))
         except AssertionError as err:
             problems.append(f"invariant: {str(err).splitlines()[0][:300]}")
+        if any(p.exists() for p in _git_locks(lab)):
+            problems.append("a git lock file is still there")
         if problems:
             stats.failures.append((point, "; ".join(problems)))
         else:
             stats.clean += 1
         log(f"point {point:3d}: kill -9 ({mode:5s}) after {delay:4.2f} s, {len(before):3d} rows, "
-            f"orphan {'yes' if orphan else 'no '}, recovery {stats.resume_seconds[-1]:.2f} s"
+            f"{len(orphans)} orphans, git lock {'yes' if locks else 'no '}, recovery {stats.resume_seconds[-1]:.2f} s"
             + (f"  PROBLEM: {'; '.join(problems)}" if problems else ""))
     stats.rows = len(check_rows(lab, "t")) if results.exists() else 0
     return stats
+
+
+def _git_locks(lab: Path) -> list[Path]:
+    git_dir = lab / ".git"
+    return [git_dir / "worktrees/t/index.lock", git_dir / "worktrees/t/HEAD.lock",
+            git_dir / "refs/heads/autoresearch/t.lock"]
+
+
+def _agents(lab: Path) -> list[tuple[int, float]]:
+    """Live processes carrying the command proposer's marker for this lab's worktree."""
+    worktree = str((lab / ".autoresearch/worktrees/t").resolve())
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("AUTORESEARCH_AGENT_WORKTREE") == worktree and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append((proc.pid, proc.create_time()))
+        except psutil.Error:
+            continue
+    return found
 
 
 def _alive(pid, create_time) -> bool:
