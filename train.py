@@ -376,7 +376,8 @@ else:
 # Dense bf16 tensor-core peak (FLOP/s) by device-name pattern, most specific first.
 # V100 and T4 have no bf16 tensor cores: their fp16 peak is listed.
 GPU_PEAK_FLOPS = [
-    (r"H100.*NVL", 835e12), (r"H100.*PCIe", 756e12), (r"H100", 989.4e12), (r"H800", 989.4e12),
+    (r"H100.*NVL", 835e12), (r"H100.*PCIe", 756e12), (r"H100", 989.4e12),
+    (r"H800.*PCIe", 756e12), (r"H800", 989.4e12),
     (r"H200.*NVL", 836e12), (r"GH200|H200", 989.4e12), (r"B200", 2250e12), (r"B100", 1750e12),
     (r"A100", 312e12), (r"A800", 312e12), (r"L40S", 362e12), (r"L40\b", 181e12), (r"L4\b", 121e12),
     (r"A10\b", 125e12), (r"RTX 6000 Ada", 364e12), (r"RTX 5090", 209.5e12), (r"RTX 4090", 165.2e12),

@@ -4,6 +4,7 @@ Each run copies train.py (maybe with one hyperparameter line changed) and prepar
 folder and trains on the session's small stdlib cache (conftest.lab_cache).
 """
 
+import ast
 import math
 import os
 import re
@@ -156,3 +157,21 @@ def test_muon_step_has_the_size_of_an_orthogonal_matrix_and_descends():
     # a 64x16 matrix with all singular values 1 has Frobenius norm 4; NorMuon keeps the norm
     assert 3.5 < update.norm() < 4.5
     assert (update * grad).sum() > 0.5 * update.norm() * grad.norm()  # a descent direction
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989.4),
+    ("NVIDIA GH200 480GB", 989.4), ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100 80GB PCIe", 312),
+    ("NVIDIA L40S", 362), ("NVIDIA L40", 181), ("NVIDIA L4", 121), ("NVIDIA A10", 125),
+    ("NVIDIA GeForce RTX 4090", 165.2), ("NVIDIA GeForce RTX 3090", 71), ("Tesla V100-SXM2-16GB", 125),
+    ("Tesla T4", 65), ("AMD Instinct MI300X", 1307.4),
+    ("NVIDIA A10G", 0), ("NVIDIA GeForce GTX 1080", 0),  # unknown: mfu reads 0 rather than a wrong number
+])
+def test_mfu_uses_the_detected_gpus_own_peak(name, tflops):
+    (table,) = [node.value for node in ast.parse(TRAIN_PY).body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "GPU_PEAK_FLOPS"]
+    peaks = ast.literal_eval(table)
+    # the lookup train.py does: the first pattern found in the device name wins
+    assert "next((f for pattern, f in GPU_PEAK_FLOPS if re.search(pattern, gpu_name)), 0.0)" in TRAIN_PY
+    found = next((f for pattern, f in peaks if re.search(pattern, name)), 0.0)
+    assert found == tflops * 1e12
