@@ -131,10 +131,6 @@ for t in threads: t.join()
         r"^killed by SIGKILL$", 60),
 }
 
-# Cases that document a known gap (xfail, strict) until it is closed.
-NOT_YET: dict[str, str] = {}
-
-
 @pytest.fixture
 def user_lab(tmp_repo, monkeypatch):
     for name, value in SECRETS.items():
@@ -153,10 +149,7 @@ def run_case(root: Path, steps, timeout: float = 60, experiments: int = 3, **ove
     return outcome, view
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(reason=NOT_YET[n], strict=True)) if n in NOT_YET else n for n in FAULTS],
-)
+@pytest.mark.parametrize("name", FAULTS)
 def test_faulty_train_py_is_a_crash_with_its_reason_reverted_and_the_loop_goes_on(user_lab, name):
     root, user = user_lab
     fault, reason, timeout = FAULTS[name]
@@ -174,10 +167,7 @@ def test_faulty_train_py_is_a_crash_with_its_reason_reverted_and_the_loop_goes_o
     assert branch == ["set VAL 0.9", "stand-in lab"]
 
 
-@pytest.mark.parametrize("how", [
-    "same_group", "setsid", "double_fork_daemon",
-    "daemon_without_marker",
-])
+@pytest.mark.parametrize("how", ["same_group", "setsid", "double_fork_daemon", "daemon_without_marker"])
 def test_processes_spawned_by_train_py_are_killed_with_it(user_lab, tmp_path, how):
     root, user = user_lab
     out = tmp_path / "pids"
