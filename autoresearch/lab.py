@@ -1,10 +1,16 @@
-"""`autoresearch prepare`: run the lab's prepare.py from the repository, with the same options."""
+"""The lab as the harness sees it: where it is, `autoresearch prepare`, and prepare.py's fixed
+contract (constants, the metric, the time budget) read from its source without importing it."""
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+
+BANNER = re.compile(r"^# ?-{10,}\s*$")
+DEFAULT_BUDGET = 300.0  # seconds, when neither --time-budget nor prepare.py says otherwise
 
 
 def find_lab(start: Path) -> Path:
@@ -21,3 +27,102 @@ def run_prepare(args: list[str], start: Path | None = None) -> int:
     """Run `python prepare.py ARGS` in the lab folder; returns its exit code."""
     lab = find_lab((start or Path.cwd()).resolve())
     return subprocess.call([sys.executable, "prepare.py", *args], cwd=lab)
+
+
+# ---------------------------------------------------------------------------
+# The lab contract, read from prepare.py in the worktree
+# ---------------------------------------------------------------------------
+
+
+def lab_contract(prepare_py: str) -> str:
+    """prepare.py's fixed parts as compact text: the sections whose banner says they are fixed
+    (`# Profiles (fixed: ...)`, `# Evaluation (fixed: this is the metric)`), and evaluate_bpb if
+    no such section holds it. Without banners: the UPPER_CASE constants and evaluate_bpb."""
+    lines = prepare_py.splitlines()
+    sections, title, start = [], None, 0
+    for i, line in enumerate(lines):
+        banner = BANNER.match(line) and i + 2 < len(lines) and BANNER.match(lines[i + 2])
+        if banner and lines[i + 1].startswith("#"):
+            if title is not None:
+                sections.append((title, lines[start:i]))
+            title, start = lines[i + 1], i
+    if title is not None:
+        sections.append((title, lines[start:]))
+    fixed = ["\n".join(body).strip() for title, body in sections if "fixed" in title.lower()]
+    text = "\n\n".join(fixed)
+    if "def evaluate_bpb" not in text:
+        parts = _constants_and_metric(prepare_py)
+        text = "\n\n".join([text, *parts] if text else parts)
+    return text.strip() + "\n"
+
+
+def _constants_and_metric(prepare_py: str) -> list[str]:
+    try:
+        tree = ast.parse(prepare_py)
+    except SyntaxError:
+        return [prepare_py]
+    lines = prepare_py.splitlines()
+    constants, metric = [], []
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            if names and all(name.isupper() for name in names):
+                constants.append("\n".join(lines[node.lineno - 1 : node.end_lineno]))
+        elif isinstance(node, ast.FunctionDef) and node.name == "evaluate_bpb":
+            first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+            metric.append("\n".join(lines[first - 1 : node.end_lineno]))
+    return (["# prepare.py constants (fixed)\n" + "\n".join(constants)] if constants else []) + metric
+
+
+def lab_time_budget(prepare_py: str, profile: str) -> float:
+    """The training budget prepare.py sets for this profile: TIME_BUDGET in the profile's entry
+    of a dict (`"cpu": dict(TIME_BUDGET=120, ...)` or `{"TIME_BUDGET": 120}`), else a top-level
+    `TIME_BUDGET = <number>`, else DEFAULT_BUDGET."""
+    try:
+        tree = ast.parse(prepare_py)
+    except SyntaxError:
+        return DEFAULT_BUDGET
+    top = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and key.value == profile:
+                    found = _dict_number(value, "TIME_BUDGET")
+                    if found:
+                        return found
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TIME_BUDGET" for t in node.targets):
+            top = _number(node.value) or top
+    return top or DEFAULT_BUDGET
+
+
+def _dict_number(node, name: str) -> float | None:
+    """node["name"] (any case) of a dict literal or a dict(...) call."""
+    if isinstance(node, ast.Dict):
+        pairs = [(k.value, v) for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant)]
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        pairs = [(kw.arg, kw.value) for kw in node.keywords if kw.arg]
+    else:
+        return None
+    for key, value in pairs:
+        if isinstance(key, str) and key.upper() == name:
+            return _number(value)
+    return None
+
+
+def _number(node) -> float | None:
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, SyntaxError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def detect_profile() -> str:
+    """The lab's default profile: gpu when CUDA is available."""
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"

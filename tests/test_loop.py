@@ -2,11 +2,9 @@
 an in-process scripted proposer."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import git
@@ -16,7 +14,8 @@ from rich.console import Console
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.live import View, ViewState, render, row_line
-from autoresearch.loop import RunConfig, lab_contract, lab_time_budget, run
+from autoresearch.lab import lab_contract, lab_time_budget
+from autoresearch.loop import RunConfig, run
 from autoresearch.proposers import Proposal, ProposerError, Usage
 from autoresearch.results import COLUMNS, ResultsFile, RunLock, RunState
 from standin import PREPARE_PY, ScriptedProposer, make_lab, set_constants

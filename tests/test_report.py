@@ -366,7 +366,7 @@ def test_real_process_exit_codes_and_no_traceback(tmp_path):
                               cwd=tmp_path)
 
     bad = run("report", "--results", "missing.tsv")
-    assert bad.returncode == 1 and bad.stderr == f"error: no results file at missing.tsv\n"
+    assert bad.returncode == 1 and bad.stderr == "error: no results file at missing.tsv\n"
     write(tmp_path, UPSTREAM.replace("0.993200", "1e999"))
     weird = run("report", "--results", "results.tsv", "--no-plot")
     assert weird.returncode == 1 and "Traceback" not in weird.stderr and "line 3" in weird.stderr
