@@ -497,11 +497,14 @@ class Session:
 
     def make_row(self, n, commit, parent, status, reason, result, description, hypothesis,
                  proposer, model, usage: Usage, started_at, t0) -> Row:
-        m = result.metrics if status != "crash" else {}
+        # train.py is the proposer's to edit: a summary value that is not a finite number (say
+        # `training_seconds: 300s`) is left empty instead of breaking results.tsv.
+        m = {key: _finite(value) for key, value in result.metrics.items()} if status != "crash" else {}
+        steps = m.get("num_steps")
         return Row(
             commit=commit,
-            val_bpb=float(m.get("val_bpb", 0.0)),
-            memory_gb=float(m.get("peak_vram_mb", 0.0)) / 1024,
+            val_bpb=m.get("val_bpb") or 0.0,
+            memory_gb=(m.get("peak_vram_mb") or 0.0) / 1024,
             status=status,
             description=description,
             experiment=n,
@@ -511,7 +514,7 @@ class Session:
             reason=reason,
             training_seconds=m.get("training_seconds"),
             total_seconds=m.get("total_seconds"),
-            num_steps=m.get("num_steps"),
+            num_steps=int(steps) if steps is not None and steps.is_integer() else None,
             mfu_percent=m.get("mfu_percent"),
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -591,6 +594,13 @@ def _env_float(name: str) -> float | None:
         return float(os.environ[name])
     except (KeyError, ValueError):
         return None
+
+
+def _finite(value) -> float | None:
+    """A summary value as a finite float, or None (text, nan, inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _one_line(text: str) -> str:

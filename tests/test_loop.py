@@ -237,6 +237,23 @@ def test_a_failed_fix_request_logs_the_crash_with_its_cost(lab):
     assert RunState.load(lab / "results/t/run.json")["failed_proposals"] == 0  # it has its row
 
 
+def test_summary_values_that_are_not_numbers_leave_their_columns_empty(lab):
+    def odd_summary(ctx):
+        train_py = ctx.train_py.replace("training_seconds: 1.5", "training_seconds: 1.5s")
+        train_py = train_py.replace("peak_vram_mb:     2048.0", "peak_vram_mb:     n/a")
+        train_py = train_py.replace("num_steps:        7", "num_steps:        7.5")
+        train_py = train_py.replace("mfu_percent:      1.25", "mfu_percent:      nan")
+        return Proposal("odd summary", "odd summary", set_constants(train_py, VAL=0.9))
+
+    run(config(lab, max_experiments=2), proposer=ScriptedProposer([odd_summary]), view=RecordingView())
+
+    got = rows(lab)  # the ledger still reads back
+    assert [r.status for r in got] == ["keep", "keep"]
+    row = got[1]
+    assert (row.val_bpb, row.total_seconds) == (0.9, 2.0)
+    assert (row.training_seconds, row.memory_gb, row.num_steps, row.mfu_percent) == (None, 0.0, None, None)
+
+
 def test_a_timeout_is_a_crash_without_fix_attempts(lab):
     proposer = ScriptedProposer([{"MODE": "hang"}, {"VAL": 0.9}])
     run(config(lab, max_experiments=3, timeout=1.5), proposer=proposer, view=RecordingView())
