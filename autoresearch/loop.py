@@ -361,9 +361,7 @@ class Session:
     def propose_fix(self, n: int, attempt: int, crashed: Proposal, trained: "Trained", record: dict,
                     folder: Path) -> tuple[Proposal | None, Usage]:
         """Show the proposer why its change crashed; (a usable fix or None, what the ask cost)."""
-        log = folder / f"run.crash{attempt}.log"
-        (folder / "run.log").rename(log)  # run.log is always the attempt the row describes
-        ctx = self.context(n, train_py=crashed.train_py, feedback=_feedback(trained.reason, log))
+        ctx = self.context(n, train_py=crashed.train_py, feedback=_feedback(trained.reason, folder / "run.log"))
         self.view.phase(n, "fixing")
         base = self.workspace.head()  # the crashed commit
         try:
@@ -376,6 +374,8 @@ class Session:
             record["attempts"].append({"fix": attempt, "error": str(err), "raw": _clip(err.raw),
                                        "usage": asdict(err.usage)})
             return None, err.usage
+        # run.log is always the attempt the row describes: the crashed one, unless a fix runs.
+        (folder / "run.log").rename(folder / f"run.crash{attempt}.log")
         record["attempts"].append(_proposal_record(fix, ctx, fix=attempt))
         return fix, fix.usage
 

@@ -237,6 +237,16 @@ def test_a_failed_fix_request_logs_the_crash_with_its_cost(lab):
     assert RunState.load(lab / "results/t/run.json")["failed_proposals"] == 0  # it has its row
 
 
+def test_a_failed_fix_request_leaves_the_crashed_attempts_log_as_run_log(lab):
+    proposer = ScriptedProposer([{"MODE": "crash"}, ProposerError("no idea"), {"VAL": 0.9}])
+    run(config(lab, max_experiments=3), proposer=proposer, view=RecordingView())
+
+    folder = lab / "results/t/runs/0001"
+    assert rows(lab)[1].status == "crash"
+    assert "RuntimeError: boom" in (folder / "run.log").read_text()  # the attempt the row describes
+    assert not (folder / "run.crash1.log").exists()
+
+
 def test_summary_values_that_are_not_numbers_leave_their_columns_empty(lab):
     def odd_summary(ctx):
         train_py = ctx.train_py.replace("training_seconds: 1.5", "training_seconds: 1.5s")
