@@ -112,6 +112,25 @@ def test_a_command_that_ignores_sigterm_is_killed(workdir, tmp_path, monkeypatch
     assert gone(int(pid_file.read_text()))
 
 
+def test_a_process_the_agent_detached_with_setsid_does_not_outlive_it(workdir, tmp_path):
+    pid_file = tmp_path / "pid"
+    daemon = f"import os, time; os.setsid(); open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    cmd = (f"{PY} -c {shlex.quote(daemon)} & "
+           f"while [ ! -s {pid_file} ]; do sleep 0.05; done; "
+           "sed -i 's/0.04/0.05/' train.py")
+    proposal = command(cmd).propose(ctx(workdir))
+    assert "0.05" in proposal.train_py
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert gone(pid)
+    finally:
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 class Interrupted(BaseException):
     """Stands in for KeyboardInterrupt (the loop turns SIGTERM into one) without upsetting pytest."""
 

@@ -13,8 +13,9 @@ through unchanged: the agent needs its own API keys.
 train.py in the worktree is set to ctx.train_py first. CMD runs in its own process group, so a
 terminal's Ctrl-C does not reach it: when the harness is interrupted while CMD runs, the group is
 killed before the interrupt goes on. After `options.timeout` seconds the whole group gets SIGTERM,
-then SIGKILL after KILL_GRACE seconds. A timeout, a non-zero exit, or train.py left unchanged is
-a ProposerError carrying the tail of CMD's output. Otherwise the new train.py is read back (and
+then SIGKILL after KILL_GRACE seconds. However CMD ends, what it started goes with it: its group,
+and any process that left the group but still carries AUTORESEARCH_AGENT_WORKTREE. A timeout, a
+non-zero exit, or train.py left unchanged is a ProposerError carrying the tail of CMD's output. Otherwise the new train.py is read back (and
 left in place); the description comes from the description file, else a `DESCRIPTION:` line of
 the output; the hypothesis from a `HYPOTHESIS:` line, else the description.
 """
@@ -30,6 +31,7 @@ from autoresearch.edits import parse_reply
 from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
 from autoresearch.proposers.prompt import build_agent_prompt
+from autoresearch.runner import kill_marked
 
 # Set to the worktree in the agent's environment (inherited by what it starts), so a resumed
 # harness can stop an agent that a `kill -9` of the previous one left running.
@@ -123,8 +125,11 @@ class CommandProposer:
             except BaseException:  # Ctrl-C or SIGTERM of the harness: the agent must not outlive it
                 kill_group(proc)
                 raise
-            # Children it left behind (a language server, a watcher) go too.
-            _signal_group(proc.pid, signal.SIGKILL)
+            finally:
+                # Children it left behind (a language server, a watcher) go too, also those that
+                # left its group with setsid: they carry the marker.
+                _signal_group(proc.pid, signal.SIGKILL)
+                kill_marked(AGENT_MARKER, env[AGENT_MARKER], grace=0)
         return code, time.monotonic() - start, timed_out
 
 
