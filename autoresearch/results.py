@@ -42,7 +42,8 @@ COLUMNS: tuple[str, ...] = (
 )
 HEADER = "\t".join(COLUMNS) + "\n"
 
-_BREAKS = re.compile(r"[\t\r\n]+")
+# Tabs and every line break str.splitlines() knows (the report reads the file with it).
+_BREAKS = re.compile(r"[\t\n\x0b\x0c\r\x1c\x1d\x1e\x85\u2028\u2029]+")
 
 
 def utc_now() -> str:

@@ -93,6 +93,16 @@ def test_tabs_and_newlines_in_model_text_stay_on_one_row(tmp_path):
     assert row.hypothesis == "line one line two indented"
 
 
+def test_other_line_breaks_in_a_field_do_not_split_the_row_for_the_report(tmp_path):
+    from autoresearch.analysis import read_results
+
+    results = ResultsFile(tmp_path / "results.tsv")
+    results.append(keep_row(0, reason="wrote files: a\u2028b", hypothesis="x\x0cy\x85z\x1ew"))
+    table = read_results(results.path)  # splits lines like str.splitlines()
+    assert table.malformed == [] and len(table.rows) == 1
+    assert results.rows()[0].hypothesis == "x y z w"
+
+
 def test_torn_last_line_is_ignored_then_cut_before_the_next_append(tmp_path):
     results = ResultsFile(tmp_path / "results.tsv")
     results.append(keep_row(0))
