@@ -603,6 +603,16 @@ def _token_shards(split):
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise LabError(f"no tokens for {', '.join(missing)} in {TOKENS_DIR}; re-run: {prepare_command()}")
+    # A prepare interrupted after retraining the tokenizer, or data changed since, leaves token files
+    # that decode to other text (and token_bytes that misprice them): refuse them rather than train on them.
+    meta_path = TOKENS_DIR / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    made = meta.get("shards", {})
+    stale = [n for n in names if made.get(n, {}).get("size") != (DATA_DIR / f"{n}.parquet").stat().st_size]
+    current = _tokenizer_digest(TOKENIZER_DIR) if (TOKENIZER_DIR / "tokenizer.pkl").is_file() else None
+    if meta.get("tokenizer") != current or stale:
+        raise LabError(f"the tokens in {TOKENS_DIR} were not made from the current tokenizer and data "
+                       f"(an interrupted prepare?); re-run: {prepare_command()}")
     return paths
 
 

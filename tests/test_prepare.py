@@ -5,8 +5,10 @@ prepare.py reads its environment at import, so each test sets the variables and 
 """
 
 import importlib
+import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,6 +51,17 @@ def documents(tokens: np.ndarray, bos: int) -> list[tuple[int, ...]]:
 def cached_documents(lab, stem: str) -> list[tuple[int, ...]]:
     bos = lab.Tokenizer.from_directory().get_bos_token_id()
     return documents(np.load(lab.TOKENS_DIR / f"{stem}.npy"), bos)
+
+
+def write_tokens(lab, stem: str, tokens: list[int], tokenizer_dir: Path) -> None:
+    """A hand-made token file for `stem` (its parquet shard exists), with the meta prepare.py writes."""
+    lab.TOKENS_DIR.mkdir(parents=True, exist_ok=True)
+    np.save(lab.TOKENS_DIR / f"{stem}.npy", np.array(tokens, dtype=np.uint16))
+    if not lab.TOKENIZER_DIR.exists():
+        shutil.copytree(tokenizer_dir, lab.TOKENIZER_DIR)
+    size = (lab.DATA_DIR / f"{stem}.parquet").stat().st_size
+    meta = {"tokenizer": lab._tokenizer_digest(lab.TOKENIZER_DIR), "shards": {stem: {"size": size}}}
+    (lab.TOKENS_DIR / "meta.json").write_text(json.dumps(meta))
 
 
 def stdlib_texts(n: int) -> list[str]:
@@ -261,9 +274,8 @@ def test_loader_is_best_fit_and_crops_only_when_nothing_fits(monkeypatch, lab_ca
     bos = tok.get_bos_token_id()
     a, b, c, d = ([bos] + [base + i for i in range(n - 1)] for base, n in ((10, 7), (20, 5), (30, 4), (40, 8)))
     (tmp_path / "toy" / "data").mkdir(parents=True)
-    (tmp_path / "toy" / "tokens").mkdir()
     (tmp_path / "toy" / "data" / "shard_00000.parquet").touch()
-    np.save(tmp_path / "toy" / "tokens" / "shard_00000.npy", np.array(a + b + c + d, dtype=np.uint16))
+    write_tokens(lab, "shard_00000", a + b + c + d, lab_cache / "stdlib" / "tokenizer")
     loader = lab.make_dataloader(tok, 3, 9, "train", buffer_size=4)
     x, y, epoch = next(loader)
     rows = torch.cat([x, y[:, -1:]], dim=1).tolist()
@@ -302,10 +314,28 @@ def test_loader_without_data_fails_instead_of_looping(monkeypatch, lab_cache, tm
     (tmp_path / "stdlib" / "data" / "shard_00000.parquet").touch()
     with pytest.raises(lab.LabError, match="no tokens for shard_00000.npy"):
         next(lab.make_dataloader(tok, 2, 16, "train"))
-    (tmp_path / "stdlib" / "tokens").mkdir()
-    np.save(tmp_path / "stdlib" / "tokens" / "shard_00000.npy", np.empty(0, dtype=np.uint16))
+    write_tokens(lab, "shard_00000", [], lab_cache / "stdlib" / "tokenizer")
     with pytest.raises(lab.LabError, match="no documents in shard_00000.npy"):
         next(lab.make_dataloader(tok, 2, 16, "train"))
+
+
+def test_loader_refuses_tokens_left_by_an_interrupted_prepare(monkeypatch, lab_cache, tmp_path):
+    shutil.copytree(lab_cache / "stdlib", tmp_path / "stdlib")
+    lab = load_lab(monkeypatch, **{**lab_env(lab_cache), "AUTORESEARCH_CACHE": str(tmp_path)})
+    tok = lab.Tokenizer.from_directory()
+    next(lab.make_dataloader(tok, 2, 16, "val"))  # a complete preparation is read
+    # New training documents, a new tokenizer, then the process dies before the shards are tokenized again:
+    # the old token ids now mean other text, and token_bytes prices them by the new vocabulary.
+    train = lab.DATA_DIR / "shard_00000.parquet"
+    texts = pq.read_table(train).column("text").to_pylist()
+    pq.write_table(pa.table({"text": texts[: len(texts) // 2]}), train)
+    lab.train_tokenizer(tmp_path / "stdlib", lab.VOCAB_SIZE)
+    assert lab._tokenizer_digest(lab.TOKENIZER_DIR) != lab._tokenizer_digest(lab_cache / "stdlib" / "tokenizer")
+    for split in ("train", "val"):
+        with pytest.raises(lab.LabError, match=r"not made from the current tokenizer and data .*re-run: python prepare.py"):
+            next(lab.make_dataloader(lab.Tokenizer.from_directory(), 2, 16, split))
+    lab.tokenize_shards(tmp_path / "stdlib")  # finishing the preparation makes them readable again
+    next(lab.make_dataloader(lab.Tokenizer.from_directory(), 2, 16, "train"))
 
 # ---------------------------------------------------------------------------
 # Evaluation (the metric)
