@@ -708,7 +708,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
         total_nats += torch.where(nbytes > 0, loss, 0.0).sum()
         total_bytes += nbytes.sum()
     model.train(was_training)
-    return (total_nats / (math.log(2) * total_bytes)).item()
+    return (total_nats / total_bytes).item() / math.log(2)  # float64: ln 2 times an int64 tensor is float32
 
 # ---------------------------------------------------------------------------
 # Main
