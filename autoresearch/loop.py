@@ -34,7 +34,6 @@ worktree goes back to the best commit, run.json says `stopped`, and `--resume` c
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import threading
@@ -53,9 +52,8 @@ from autoresearch.proposers import Context, Proposal, ProposerError, ProposerOpt
 from autoresearch.results import ResultsFile, Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
 from autoresearch.proposers.command import AGENT_MARKER
 from autoresearch.runner import RunResult, kill_marked, kill_orphan, run_training, training_env
-from autoresearch.workspace import Workspace
+from autoresearch.workspace import TAG, Workspace
 
-TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LAB_VARIABLES = ("AUTORESEARCH_PROFILE", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_CACHE",
                  "AUTORESEARCH_SOURCE", "AUTORESEARCH_EVAL_TOKENS")  # docs/architecture.md
 LOG_TAIL_LINES = 50

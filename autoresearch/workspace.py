@@ -21,7 +21,7 @@ from autoresearch.errors import AutoresearchError
 
 ACTOR = git.Actor("autoresearch", "autoresearch@localhost")
 WORKTREES = Path(".autoresearch") / "worktrees"
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # and no "..", no ".lock"/"." ending
 
 # Our commits must not depend on (or run) the user's hooks, signing setup or identity.
 _CONFIG = ["core.hooksPath=/dev/null", "commit.gpgSign=false", "core.quotePath=false"]
@@ -53,7 +53,7 @@ def _user_repo(repo_root: Path) -> git.Repo:
 
 def _check_tag(repo: git.Repo, tag: str) -> str:
     branch = f"autoresearch/{tag}"
-    ok = bool(_TAG.match(tag)) and not tag.endswith((".lock", "."))
+    ok = bool(TAG.match(tag)) and not tag.endswith((".lock", "."))
     if ok:
         try:
             repo.git.check_ref_format(f"refs/heads/{branch}")
