@@ -1,6 +1,6 @@
 """Anthropic Messages API.
 
-Key: --api-key, then ANTHROPIC_API_KEY. Base URL: --base-url, then ANTHROPIC_BASE_URL (which the
+Key: options.api_key, then ANTHROPIC_API_KEY. Base URL: --base-url, then ANTHROPIC_BASE_URL (which the
 SDK reads itself). The SDK retries 429, 529 and 5xx (honouring retry-after) `options.api_retries`
 times, each call limited to `options.timeout` seconds.
 """

@@ -1,9 +1,9 @@
 """OpenAI Chat Completions, and every server that speaks it (vLLM, Ollama, llama.cpp, OpenRouter).
 
-Key: --api-key, then OPENAI_API_KEY; with a base URL and no key a placeholder is sent, since
-local servers do not check it. Base URL: --base-url, then OPENAI_BASE_URL. The SDK retries 429
-and 5xx itself (honouring retry-after) `options.api_retries` times, each call limited to
-`options.timeout` seconds.
+Key: options.api_key (the CLI has no key option), then OPENAI_API_KEY; with a base URL and no
+key a placeholder is sent, since local servers do not check it. Base URL: --base-url, then
+OPENAI_BASE_URL. The SDK retries 429 and 5xx itself (honouring retry-after)
+`options.api_retries` times, each call limited to `options.timeout` seconds.
 """
 
 import os
