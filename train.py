@@ -31,8 +31,11 @@ import torch.nn.functional as F
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, PROFILE, Tokenizer, make_dataloader, evaluate_bpb
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-# bf16 autocast on CUDA; on CPUs without bf16 matmul units (AVX-512 only) fp32 measured faster
-COMPUTE_DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+# bf16 autocast on GPUs with native bf16 (Ampere and newer); pre-Ampere GPUs (V100, T4) only
+# emulate it and crash in compiled kernels, so they run fp32. On CPUs without bf16 matmul units
+# (AVX-512 only) fp32 measured faster.
+NATIVE_BF16 = DEVICE.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+COMPUTE_DTYPE = torch.bfloat16 if NATIVE_BF16 else torch.float32
 if DEVICE.type == "cuda":
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
