@@ -43,7 +43,8 @@ class ViewState:
     rows: deque = field(default_factory=lambda: deque(maxlen=8))
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # of the logged rows
+    failed_cost_usd: float = 0.0  # of proposals that never became a row (run.json keeps it)
     message: str = ""
     started: float = field(default_factory=time.monotonic)
 
@@ -109,7 +110,8 @@ def header(state: ViewState, now: float) -> Table:
     )
     grid.add_row(
         "tokens / cost",
-        f"{state.input_tokens:,} in, {state.output_tokens:,} out, ${state.cost_usd:.4f}",
+        f"{state.input_tokens:,} in, {state.output_tokens:,} out, ${state.cost_usd + state.failed_cost_usd:.4f}"
+        + (f" (${state.failed_cost_usd:.4f} on failed proposals)" if state.failed_cost_usd else ""),
     )
     if state.message:
         grid.add_row("note", Text(state.message, style="yellow"))
@@ -178,6 +180,11 @@ class View:
     def note(self, text: str) -> None:
         self.state.message = text
         self.show(text)
+
+    def failed_cost(self, cost_usd: float) -> None:
+        """What failed proposals have cost so far: it counts towards --max-cost too."""
+        self.state.failed_cost_usd = cost_usd
+        self.show(None)
 
     def show(self, line: str | None) -> None:
         if line and not self.quiet:

@@ -203,6 +203,7 @@ class Session:
             model=cfg.options.model or "", max_experiments=cfg.max_experiments,
         )
         self.view.start(self.proposer_name, cfg.options.model or "", [r.as_dict() for r in self.rows])
+        self.view.failed_cost(float(self.state.get("proposal_cost_usd") or 0))
 
     def open_workspace(self) -> tuple[Workspace, dict]:
         """Create the run for a new tag, or continue it. A tag is new until results/<tag>/run.json
@@ -414,6 +415,7 @@ class Session:
                     proposal_cost_usd=float(self.state.get("proposal_cost_usd") or 0) + err.usage.cost_usd,
                 )
                 record["failures"].append({"error": str(err), "raw": _clip(err.raw), "usage": asdict(err.usage)})
+                self.view.failed_cost(float(self.state.get("proposal_cost_usd") or 0))
                 _write_json(folder / "proposal.json", record)
                 self.view.note(f"[{ctx.experiment:04d}] proposer failed ({self.failures_in_a_row} in a row): {err}")
                 if self.limit_reached():

@@ -322,6 +322,7 @@ def test_proposer_failures_are_not_rows_and_too_many_in_a_row_pause_the_run(lab)
     assert ("paused" in {name for _, name in view.phases})
     state = RunState.load(lab / "results/t/run.json")
     assert state["failed_proposals"] == 5 and state["proposal_cost_usd"] == pytest.approx(0.005)
+    assert view.state.failed_cost_usd == pytest.approx(0.005)  # the live view's cost line counts them
     record = json.loads((lab / "results/t/runs/0001/proposal.json").read_text())
     assert [f["error"] for f in record["failures"]] == [f"bad reply {i}" for i in range(5)]
 
@@ -533,6 +534,10 @@ def test_live_view_renders_phase_best_counts_and_rows():
     assert "[0002] training 1:00 elapsed, ~4:00 of budget left" in text
     assert "0.997900 (abc1234)" in text and "2: 1 keep, 0 discard, 1 crash" in text
     assert "1,200 in, 300 out, $0.0123" in text and "timeout after 600 s" in text
+    state.failed_cost_usd = 0.002
+    console = Console(record=True, width=120)
+    console.print(render(state, now=160.0))
+    assert "$0.0143 ($0.0020 on failed proposals)" in console.export_text()
 
 
 def test_an_interrupt_right_after_a_kept_row_is_written_leaves_the_branch_at_that_row(lab, monkeypatch):
