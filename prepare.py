@@ -268,15 +268,20 @@ def _read_text(path):
     return None if "\0" in text else text
 
 
+def _tree_texts(root, keep_dir, keep_file):
+    """The non-empty texts of the files under `root` that pass the filters, in order of relative path."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if keep_dir(d)]
+        found += [Path(folder, f) for f in files if keep_file(f)]
+    docs = [_read_text(p) for p in sorted(found, key=lambda p: p.relative_to(root).as_posix())]
+    return [text for text in docs if text and text.strip()]
+
+
 def stdlib_documents():
     """The text of every .py file of this Python's standard library, in order of relative path."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in STDLIB_SKIP_DIRS]
-        found += [Path(folder, f) for f in files if f.endswith(".py")]
-    docs = [_read_text(p) for p in sorted(found, key=lambda p: p.relative_to(root).as_posix())]
-    docs = [text for text in docs if text and text.strip()]
+    docs = _tree_texts(root, lambda d: d not in STDLIB_SKIP_DIRS, lambda f: f.endswith(".py"))
     if not docs:
         raise LabError(f"no .py files in the standard library at {root}; use --from-dir PATH")
     return docs
@@ -287,12 +292,8 @@ def folder_documents(folder):
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise LabError(f"--from-dir: {folder} is not a folder")
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(parent, f) for f in files if not f.startswith(".")]
-    docs = [_read_text(p) for p in sorted(found, key=lambda p: p.relative_to(folder).as_posix())]
-    docs = [text for text in docs if text and text.strip()]
+    not_hidden = lambda name: not name.startswith(".")  # noqa: E731
+    docs = _tree_texts(folder, not_hidden, not_hidden)
     if not docs:
         raise LabError(f"--from-dir: no UTF-8 text files in {folder}")
     return docs
