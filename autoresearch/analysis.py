@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from autoresearch.errors import AutoresearchError
-from autoresearch.results import RunState
+from types import SimpleNamespace
 
-UPSTREAM_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
-STATUSES = ("keep", "discard", "crash")
+from autoresearch.errors import AutoresearchError
+from autoresearch.ledger import best_of, group, noise_of
+from autoresearch.results import DECIDING, PARSERS, UPSTREAM_COLUMNS, RunState
+from autoresearch.results import STATUSES as ROW_STATUSES
+
+STATUSES = DECIDING  # an experiment's verdicts; `trial` rows are measurements that decided nothing
 # CUDA run-to-run jitter of val_bpb is a few x 1e-4 (upstream PR #560): smaller wins are suspect
 NOISE_BPB = 3e-4
 STATES = ("running", "paused", "stopped", "done")
 
-INT_COLUMNS = ("experiment", "num_steps", "input_tokens", "output_tokens")
-FLOAT_COLUMNS = ("memory_gb", "training_seconds", "total_seconds", "mfu_percent", "cost_usd",
-                 "wall_seconds")
 
 
 @dataclass
@@ -92,20 +92,20 @@ def read_results(path: Path) -> Table:
 def _parse_row(raw: dict) -> tuple[dict, str | None]:
     row = {key: value.strip() for key, value in raw.items()}
     status = row["status"].lower()
-    if status not in STATUSES:
-        return row, f"status {row['status']!r} is not keep, discard or crash"
+    if status not in ROW_STATUSES:
+        return row, f"status {row['status']!r} is not keep, discard, crash or trial"
     row["status"] = status
     val = _number(row["val_bpb"])
     if status != "crash" and (val is None or not math.isfinite(val) or val <= 0):
         return row, f"val_bpb {row['val_bpb']!r} is not a positive number"
     row["val_bpb"] = val if status != "crash" else None  # crashes log 0.000000
-    for name in INT_COLUMNS:
-        if name in row:
-            number = _number(row[name])
-            row[name] = int(number) if number is not None and math.isfinite(number) else None
-    for name in FLOAT_COLUMNS:
-        if name in row:
-            row[name] = _number(row[name])
+    for name, text in list(row.items()):  # the writer's own parsers (results.SCHEMA), leniently
+        if name in PARSERS and name not in ("val_bpb", "status", "started_at"):
+            try:
+                value = PARSERS[name](text)
+            except ValueError:
+                value = None
+            row[name] = None if isinstance(value, float) and not math.isfinite(value) else value
     if "started_at" in row:
         row["started_at"] = parse_time(row["started_at"])
     return row, None
@@ -196,63 +196,102 @@ def tag_folder(root: Path, tag: str | None) -> Path:
 # ---------------------------------------------------------------------------
 
 
+def experiments_of(rows: list[dict]):
+    """The rows grouped into experiments by the Ledger's own grouping (ledger.group)."""
+    return group(SimpleNamespace(**r) for r in rows)
+
+
 def summarize(table: Table, run: dict | None = None, tag: str | None = None,
               noise: float = NOISE_BPB) -> dict:
-    """Every figure of the report, as plain JSON-ready values (schema: autoresearch/report.py)."""
+    """Every figure of the report, as plain JSON-ready values (schema: docs/report.md). Counts
+    are of experiments (each decided by its last row); trials are rows."""
     rows = table.rows
-    counts = Counter(r["status"] for r in rows)
-    decided = counts["keep"] + counts["discard"]
-    valid = [r for r in rows if r["status"] != "crash"]
-    baseline = valid[0] if valid else None
-    kept = kept_with_deltas(rows, baseline, noise)
-    best = min(kept, key=lambda k: k["val_bpb"]) if kept else None
-    improvement = round(baseline["val_bpb"] - best["val_bpb"], 9) if best and baseline else None
+    experiments = experiments_of(rows)
+    decided = [e for e in experiments if e.decided]
+    counts = Counter(e.status for e in decided)
+    valid = [e for e in experiments if e.values]
+    baseline = _experiment_brief(valid[0]) if valid else None
+    kept = kept_with_deltas(experiments, baseline, noise)
+    best = best_of(experiments)
+    best_brief = next((k for k in kept if k["experiment"] == best.experiment), None)
+    improvement = round(baseline["val_bpb"] - best.mean, 9) if best.mean is not None and baseline else None
     hits = sorted((k for k in kept if k["delta"] is not None), key=lambda k: -k["delta"])
+    n_decided = counts["keep"] + counts["discard"]
     return {
         "source": str(table.path.resolve()),
         "tag": tag,
         "format": "autoresearch" if len(table.columns) > len(UPSTREAM_COLUMNS) else "upstream",
         "state": run.get("state") if run else None,
         "run": _run_info(run),
-        "experiments": len(rows),
+        "experiments": len(experiments),
+        "trials": len(rows),
         "counts": {s: counts[s] for s in STATUSES},
-        "keep_rate": counts["keep"] / decided if decided else None,
-        "baseline": _brief(baseline),
-        "best": _brief(best),
+        "keep_rate": counts["keep"] / n_decided if n_decided else None,
+        "baseline": baseline,
+        "best": best_brief,
         "improvement": improvement,
         "improvement_pct": round(100 * improvement / baseline["val_bpb"], 6) if improvement is not None else None,
         "noise_threshold": noise,
+        "noise": noise_summary(experiments, rows),
         "improvements": len(hits),
         "within_noise": sum(1 for k in hits if k["within_noise"]),
         "kept": kept,
         "top_hits": hits,
-        "timing": timing(rows, run),
+        "timing": timing(rows, run, len(experiments)),
         "crash_reasons": crash_reasons(rows, table.columns),
         "usage": usage(rows, len(hits)),
-        "by_proposer": by_proposer(rows, kept) if "proposer" in table.columns else [],
+        "by_proposer": by_proposer(experiments, kept) if "proposer" in table.columns else [],
         "malformed": [{"line": n, "problem": p} for n, p in table.malformed],
         "torn_line": table.torn_line,
         "plot": None,
     }
 
 
-def kept_with_deltas(rows: list[dict], baseline: dict | None, noise: float) -> list[dict]:
-    """Kept rows in order; each one's delta is the previous kept val_bpb minus its own (the
-    first kept row is measured against the baseline row, so the baseline itself has none)."""
+def noise_summary(experiments, rows: list[dict]) -> dict:
+    """The pooled run-to-run sigma (the Ledger's estimate) and what the repeats cost."""
+    noise = noise_of(experiments)
+    extra = [r for exp in experiments for r in exp.rows[1:]]
+    seconds = [r.training_seconds for r in extra if getattr(r, "training_seconds", None)]
+    total = [r["training_seconds"] for r in rows if r.get("training_seconds")]
+    return {
+        "sigma": noise.sigma,
+        "dof": noise.dof,
+        "extra_trials": len(extra),
+        "extra_training_seconds": sum(seconds) if seconds else 0.0,
+        "extra_share": sum(seconds) / sum(total) if seconds and total else 0.0,
+    }
+
+
+def kept_with_deltas(experiments, baseline: dict | None, noise: float) -> list[dict]:
+    """Kept experiments in order; each one's delta is the previous kept mean minus its own (the
+    first kept one is measured against the baseline, so the baseline itself has none), with its
+    evidence: trials, spread, and the gain in units of the pooled sigma."""
+    sigma = noise_of(experiments).sigma
     kept, previous = [], None
-    for row in rows:
-        if row["status"] != "keep":
+    for exp in experiments:
+        if not exp.decided or exp.status != "keep":
             continue
-        reference = previous if previous is not None else (
-            baseline["val_bpb"] if baseline is not None and row is not baseline else None)
+        entry = _experiment_brief(exp)
+        is_baseline = baseline is not None and exp.number == baseline["experiment"]
+        reference = previous if previous is not None else (None if is_baseline or baseline is None else baseline["val_bpb"])
         # val_bpb is logged to 6 decimals: round so 0.9903 - 0.99 is 3e-4, not 2.9999e-4
-        delta = round(reference - row["val_bpb"], 9) if reference is not None else None
-        entry = _brief(row)
+        delta = round(reference - entry["val_bpb"], 9) if reference is not None else None
         entry["delta"] = delta
         entry["within_noise"] = delta is not None and delta < noise
+        entry["margin_sigma"] = round(delta / sigma, 2) if delta is not None and sigma else None
         kept.append(entry)
-        previous = row["val_bpb"]
+        previous = entry["val_bpb"]
     return kept
+
+
+def _experiment_brief(exp) -> dict:
+    """An experiment as the report shows it: its deciding row, val_bpb its mean over trials."""
+    entry = _brief(vars(exp.last))
+    values = exp.values
+    entry["val_bpb"] = round(sum(values) / len(values), 9) if values else None
+    entry["trials"] = len(exp.rows)
+    entry["spread"] = round((max(values) - min(values)) / 2, 9) if len(values) > 1 else None
+    return entry
 
 
 def _brief(row: dict | None) -> dict | None:
@@ -270,7 +309,7 @@ def _run_info(run: dict | None) -> dict | None:
     return {key: run.get(key) for key in keys}
 
 
-def timing(rows: list[dict], run: dict | None) -> dict:
+def timing(rows: list[dict], run: dict | None, experiments: int | None = None) -> dict:
     """Elapsed hours (first start to last finish, else run.json's span), experiments per hour,
     mean wall and training seconds per experiment."""
     walls = [r["wall_seconds"] for r in rows if r.get("wall_seconds") is not None]
@@ -288,7 +327,7 @@ def timing(rows: list[dict], run: dict | None) -> dict:
     hours = elapsed / 3600 if elapsed and elapsed > 0 else None
     return {
         "elapsed_hours": hours,
-        "experiments_per_hour": len(rows) / hours if hours else None,
+        "experiments_per_hour": (len(rows) if experiments is None else experiments) / hours if hours else None,
         "mean_wall_seconds": sum(walls) / len(walls) if walls else None,
         "mean_training_seconds": sum(trains) / len(trains) if trains else None,
         "first_started_at": min(starts).strftime("%Y-%m-%dT%H:%M:%SZ") if starts else None,
@@ -321,28 +360,33 @@ def usage(rows: list[dict], improvements: int) -> dict:
     }
 
 
-def by_proposer(rows: list[dict], kept: list[dict]) -> list[dict]:
+def by_proposer(experiments, kept: list[dict]) -> list[dict]:
     """One entry per (proposer, model): outcomes, keep rate, the val_bpb it won, cost."""
     groups: dict[tuple, dict] = {}
-    for row in rows:
-        key = (row.get("proposer") or "", row.get("model") or "")
-        group = groups.setdefault(key, {
+    for exp in experiments:
+        first = vars(exp.first)
+        key = (first.get("proposer") or "", first.get("model") or "")
+        group_ = groups.setdefault(key, {
             "proposer": key[0], "model": key[1], "experiments": 0, "keep": 0, "discard": 0,
             "crash": 0, "keep_rate": None, "improvement": 0.0, "input_tokens": 0,
             "output_tokens": 0, "cost_usd": 0.0})
-        group["experiments"] += 1
-        group[row["status"]] += 1
-        group["input_tokens"] += row.get("input_tokens") or 0
-        group["output_tokens"] += row.get("output_tokens") or 0
-        group["cost_usd"] += row.get("cost_usd") or 0.0
+        group_["experiments"] += 1
+        if exp.decided:
+            group_[exp.status] += 1
+        for r in exp.rows:
+            row = vars(r)
+            group_["input_tokens"] += row.get("input_tokens") or 0
+            group_["output_tokens"] += row.get("output_tokens") or 0
+            group_["cost_usd"] += row.get("cost_usd") or 0.0
     for entry in kept:
-        if entry["delta"] is not None:
-            groups[(entry["proposer"] or "", entry["model"] or "")]["improvement"] += entry["delta"]
-    for group in groups.values():
-        decided = group["keep"] + group["discard"]
-        group["keep_rate"] = group["keep"] / decided if decided else None
-        group["improvement"] = round(group["improvement"], 9)
-        group["cost_usd"] = round(group["cost_usd"], 9)
+        key = (entry["proposer"] or "", entry["model"] or "")
+        if entry["delta"] is not None and key in groups:
+            groups[key]["improvement"] += entry["delta"]
+    for group_ in groups.values():
+        n_decided = group_["keep"] + group_["discard"]
+        group_["keep_rate"] = group_["keep"] / n_decided if n_decided else None
+        group_["improvement"] = round(group_["improvement"], 9)
+        group_["cost_usd"] = round(group_["cost_usd"], 9)
     return list(groups.values())
 
 
@@ -356,7 +400,9 @@ def status_line(folder: Path) -> dict:
         except AutoresearchError:
             table = None
     rows = table.rows if table else []
-    kept = [r["val_bpb"] for r in rows if r["status"] == "keep"]
+    experiments = experiments_of(rows)
+    kept = [e for e in experiments if e.decided and e.status == "keep"]
+    best = best_of(experiments)
     activity = last_activity(folder)
     updated = parse_time((run or {}).get("updated_at"))
     if updated is not None:
@@ -364,9 +410,9 @@ def status_line(folder: Path) -> dict:
     return {
         "tag": folder.name,
         "state": (run or {}).get("state") or "unknown",
-        "experiments": len(rows),
+        "experiments": len(experiments),
         "kept": len(kept),
-        "best_val_bpb": min(kept) if kept else None,
+        "best_val_bpb": best.mean,
         "last_activity": datetime.fromtimestamp(activity, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if activity else None,
         "proposer": (run or {}).get("proposer") or ",".join(sorted(

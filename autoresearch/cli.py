@@ -66,7 +66,11 @@ def run(
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, OpenRouter); else OPENAI_BASE_URL."),
     command: str = typer.Option(None, "--command", help="For --proposer command: the agent command, run in the worktree with the prompt on stdin."),
     seed: int = typer.Option(0, "--seed", help="Seed of the hparam proposer."),
-    max_experiments: int = typer.Option(None, "--max-experiments", min=1, help="Stop at N rows in results.tsv (baseline included)."),
+    sampler: str = typer.Option("tpe", "--sampler", help="For --proposer optuna: tpe, cmaes or random."),
+    keep_rule: str = typer.Option("noise", "--keep-rule", help="noise (keep only what beats the best beyond the noise) or greedy (upstream: any lower val_bpb)."),
+    baseline_repeats: int = typer.Option(2, "--baseline-repeats", min=1, help="Times the unmodified baseline is trained (its spread is the first noise estimate)."),
+    min_delta: float = typer.Option(1e-4, "--min-delta", min=0.0, help="Smallest val_bpb gain worth keeping, whatever the noise."),
+    max_experiments: int = typer.Option(None, "--max-experiments", min=1, help="Stop after N experiments (baseline included; repeats and confirms are trials of one experiment)."),
     max_hours: float = typer.Option(None, "--max-hours", min=0.0, help="Stop starting experiments after H hours."),
     max_cost: float = typer.Option(None, "--max-cost", min=0.0, help="Stop once proposals have cost this many USD."),
     profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
@@ -74,15 +78,12 @@ def run(
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run (default: budget + max(budget, 120))."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
-    """Run experiments all night: propose one change, train, keep it if val_bpb went down."""
+    """Run experiments all night: propose one change, train, keep it if val_bpb went down beyond the noise."""
+    options = dict(locals())  # the parameters above, by name: config.from_cli resolves them
     from autoresearch.loop import run_from_cli
 
     with user_errors():
-        code = run_from_cli(
-            tag=tag, resume=resume, proposer=proposer, model=model, base_url=base_url, command=command,
-            seed=seed, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
-            profile=profile, time_budget=time_budget, timeout=timeout, repo=repo,
-        )
+        code = run_from_cli(**options)
     raise typer.Exit(code)
 
 

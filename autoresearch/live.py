@@ -21,8 +21,20 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-STATUS_STYLE = {"keep": "bold green", "discard": "dim", "crash": "bold red"}
+from autoresearch.keep_rule import Noise
+from autoresearch.ledger import Best
+
+STATUS_STYLE = {"keep": "bold green", "discard": "dim", "crash": "bold red", "trial": "cyan"}
 TICKING_PHASES = ("proposing", "training", "paused")
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where the run stands, as the Ledger says: the best and its evidence, the noise, the count."""
+
+    best: Best = field(default_factory=lambda: Best("", None))
+    noise: Noise = field(default_factory=lambda: Noise(None))
+    experiments: int = 0
 
 
 @dataclass
@@ -37,9 +49,8 @@ class ViewState:
     phase_since: float = field(default_factory=time.monotonic)
     budget: float | None = None  # training budget of the current run, seconds
     timeout: float | None = None  # its hard wall-clock limit, seconds
-    best: float | None = None
-    best_commit: str = ""
-    counts: dict = field(default_factory=lambda: {"keep": 0, "discard": 0, "crash": 0})
+    standing: Standing = field(default_factory=Standing)
+    counts: dict = field(default_factory=lambda: {"keep": 0, "discard": 0, "crash": 0, "trial": 0})
     rows: deque = field(default_factory=lambda: deque(maxlen=8))
     input_tokens: int = 0
     output_tokens: int = 0
@@ -55,8 +66,6 @@ class ViewState:
         self.input_tokens += int(row.get("input_tokens") or 0)
         self.output_tokens += int(row.get("output_tokens") or 0)
         self.cost_usd += float(row.get("cost_usd") or 0.0)
-        if status == "keep":
-            self.best, self.best_commit = float(row["val_bpb"]), row["commit"]
 
 
 # ---------------------------------------------------------------------------
@@ -72,11 +81,14 @@ def clock(seconds: float) -> str:
 
 def row_line(row: dict, delta: float | None) -> str:
     """One finished experiment as a log line, e.g. `[0003] keep val_bpb=0.991234 (-0.001200) ...`."""
-    head = f"[{int(row['experiment']):04d}] {row['status']}"
+    trial = row.get("trial") or 1
+    head = f"[{int(row['experiment']):04d}] {row['status']}" + (f" (trial {trial})" if trial > 1 else "")
     if row["status"] == "crash":
         return f"{head} ({row['reason']}) {row['description']}"
-    change = f" ({delta:+.6f})" if delta is not None else ""
-    return f"{head} val_bpb={float(row['val_bpb']):.6f}{change} {row['description']}"
+    change = f" ({delta:+.6f})" if delta is not None else ""  # against the best's mean
+    mean = row.get("mean_val_bpb")
+    means = f" mean={float(mean):.6f}" if mean is not None and trial > 1 else ""
+    return f"{head} val_bpb={float(row['val_bpb']):.6f}{means}{change} {row['description']}"
 
 
 def phase_line(state: ViewState, now: float) -> str:
@@ -94,19 +106,29 @@ def phase_line(state: ViewState, now: float) -> str:
     return f"{number}{state.phase} {clock(elapsed)}"
 
 
+def best_text(best: Best) -> str:
+    """`0.991234 ± 0.000150 over 2 trials (abc1234)`, or `-` before the baseline."""
+    if best.mean is None:
+        return "-"
+    spread = f" ± {best.spread:.6f}" if len(best.values) > 1 else ""
+    trials = "1 trial" if len(best.values) == 1 else f"{len(best.values)} trials"
+    return f"{best.mean:.6f}{spread} over {trials} ({best.commit})"
+
+
 def header(state: ViewState, now: float) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    best = f"{state.best:.6f} ({state.best_commit})" if state.best is not None else "-"
+    best = best_text(state.standing.best)
     counts = state.counts
     grid.add_row("run", f"{state.tag}  ({state.proposer}{' ' + state.model if state.model else ''})")
     grid.add_row("now", phase_line(state, now))
     grid.add_row("best val_bpb", best)
+    grid.add_row("noise (sigma)", str(state.standing.noise))
     grid.add_row(
         "experiments",
-        f"{sum(counts.values())}: {counts.get('keep', 0)} keep, {counts.get('discard', 0)} discard, "
-        f"{counts.get('crash', 0)} crash   (running {clock(now - state.started)})",
+        f"{state.standing.experiments}: {counts.get('keep', 0)} keep, {counts.get('discard', 0)} discard, "
+        f"{counts.get('crash', 0)} crash; {sum(counts.values())} trials   (running {clock(now - state.started)})",
     )
     grid.add_row(
         "tokens / cost",
@@ -154,10 +176,11 @@ class View:
         self.stream = stream or sys.stdout
         self.quiet = quiet
 
-    def start(self, proposer: str, model: str, rows: list[dict]) -> None:
+    def start(self, proposer: str, model: str, rows: list[dict], standing: Standing | None = None) -> None:
         self.state.proposer, self.state.model = proposer, model
         for row in rows:
             self.state.add_row(row)
+        self.state.standing = standing or Standing()
         self.show(None)
 
     def phase(self, experiment: int | None, name: str, budget: float | None = None,
@@ -172,8 +195,10 @@ class View:
             line = f"[{experiment:04d}] {name} ..."
         self.show(line)
 
-    def row(self, row: dict, delta: float | None) -> None:
+    def row(self, row: dict, delta: float | None, standing: Standing | None = None) -> None:
         self.state.add_row(row)
+        if standing is not None:
+            self.state.standing = standing
         self.state.message = ""
         self.show(row_line(row, delta))
 

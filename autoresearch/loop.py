@@ -1,30 +1,34 @@
-"""The experiment loop: propose one change to train.py, train it, keep it if val_bpb went down.
+"""The experiment loop: propose one change to train.py, train it, keep it if it is better
+beyond the noise (docs/keep_rule.md).
 
     lock results/<tag>/; open the run branch and its worktree (create them for a new tag)
     stop any training a killed harness left behind; move the branch to the best kept commit
-    until a limit is reached:
-        no kept row yet  -> train the unmodified baseline
+    until a limit is reached:                                  (Session.loop)
+        an experiment with trials but no verdict -> one more trial of its commit
+                                                    (a baseline repeat, a confirm; also on resume)
+        no baseline yet  -> train the unmodified train.py (--baseline-repeats times in all)
         otherwise        -> fresh context (program.md from the user's checkout, best train.py,
-                            lab contract, every row so far) -> propose ONE change -> commit ->
-                            train -> on a crash, up to 2 fix attempts of the same idea
-        keep if val_bpb beat the best, else crash/discard; append the row (fsynced);
-        move the branch back to the best commit if it was not kept
+                            lab contract, one history entry per experiment) -> propose ONE
+                            change -> commit -> train -> on a crash, up to 2 fix attempts
+        judge the trials so far against the best's (keep_rule.judge): keep, discard, or
+        confirm (one more trial); append the row (fsynced); move the branch back to the best
+        commit unless the change was kept or waits for its confirm
 
 Crash consistency: results.tsv is the only record that counts
 ---------------------------------------------------------------
-The branch, the worktree and runs/NNNN are all rebuilt from the rows, so a `kill -9` at any
-moment loses no finished experiment and writes none twice:
+The Ledger (ledger.py) owns it; the branch, the worktree and runs/NNNN are rebuilt from its
+rows, so a `kill -9` at any moment loses no finished trial and writes none twice:
 
-- An experiment's artefacts (runs/NNNN/diff.patch, proposal.json, run.log) are written first, then
-  its row is appended and fsynced: the append is the commit point. Only then does the branch move
-  back to the best commit (for a discard or crash).
-- On every start the branch is reset to the best kept commit named by the rows (the last `keep`
-  row's commit; before any keep, the run's base commit), which also drops an experiment commit or
-  an edit in the worktree that never got its row, and stops a training process left running by
-  the dead harness (training.json).
-- The next experiment number is one past the last row, so an experiment that died before its row
-  is simply run again under the same number; its runs/NNNN folder is emptied first.
-- A row torn by a kill mid-write is ignored by ResultsFile, so that experiment is redone too.
+- A trial's artefacts (runs/NNNN/diff.patch, proposal.json, its log) are written first, then
+  its row is appended and fsynced: the append is the commit point. Only then does the branch
+  move back to the best commit (for a discard or crash).
+- On every start the branch is reset to the best kept commit named by the rows, which also
+  drops an experiment commit or an edit in the worktree that never got its row, and stops a
+  training process left running by the dead harness (training.json).
+- An experiment whose rows have no verdict yet (a confirm interrupted) gets its next trial on
+  its own commit; the next new experiment is numbered one past the last row, so one that died
+  before its first row is simply run again under the same number (its runs/NNNN is emptied).
+- A row torn by a kill mid-write is ignored by ResultsFile, so that trial is redone too.
 - Only the counters in run.json (failed proposals and their cost) can lose the last increment.
 
 Ctrl-C and SIGTERM stop the run the same way: the runner kills the training process group, the
@@ -39,54 +43,30 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from git.exc import GitCommandError
 
+from autoresearch.config import LAB_VARIABLES, SEED, RunConfig, check_tag, from_cli
 from autoresearch.errors import AutoresearchError
+from autoresearch.keep_rule import Noise, Verdict, judge, pooled_noise
 from autoresearch.lab import detect_profile, lab_contract, lab_time_budget
-from autoresearch.live import View, make_view
-from autoresearch.proposers import Context, Proposal, ProposerError, ProposerOptions, Usage
-from autoresearch.results import ResultsFile, Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
+from autoresearch.ledger import Best, Experiment, Ledger
+from autoresearch.live import Standing, View, make_view
+from autoresearch.process import kill_marked, kill_orphan
+from autoresearch.proposers import Context, Proposal, ProposerError, Usage
 from autoresearch.proposers.command import AGENT_MARKER
-from autoresearch.runner import RunResult, kill_marked, kill_orphan, run_training, training_env
-from autoresearch.workspace import TAG, Workspace
+from autoresearch.results import Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
+from autoresearch.runner import RunResult, run_training, training_env
+from autoresearch.workspace import Workspace
 
-LAB_VARIABLES = ("AUTORESEARCH_PROFILE", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_CACHE",
-                 "AUTORESEARCH_SOURCE", "AUTORESEARCH_EVAL_TOKENS")  # docs/architecture.md
+__all__ = ["RunConfig", "RunOutcome", "run", "run_from_cli"]
+
 LOG_TAIL_LINES = 50
 
 
 pause_sleep = time.sleep  # a module attribute, so tests can count the pauses
-
-
-def lower_is_better(val_bpb: float, best: float) -> bool:
-    """Upstream's acceptance rule: keep only a strictly lower val_bpb."""
-    return val_bpb < best
-
-
-@dataclass
-class RunConfig:
-    repo_root: Path
-    tag: str
-    resume: bool = False
-    proposer: str = "hparam"
-    options: ProposerOptions = field(default_factory=ProposerOptions)
-    max_experiments: int | None = None  # rows in results.tsv, baseline included
-    max_hours: float | None = None  # wall clock of this invocation
-    max_cost: float | None = None  # USD: rows' cost plus failed proposals' cost
-    profile: str | None = None  # passed to the lab as AUTORESEARCH_PROFILE
-    time_budget: float | None = None  # passed to the lab as AUTORESEARCH_TIME_BUDGET
-    timeout: float | None = None  # hard limit per training run; default budget + max(budget, 120)
-    max_fix_attempts: int = 2
-    max_consecutive_proposer_failures: int = 5
-    pause_seconds: float = 60.0  # first pause after too many proposer failures in a row
-    pause_max_seconds: float = 3600.0  # pauses double up to this
-    accept: Callable[[float, float], bool] = lower_is_better  # (val_bpb, best) -> keep?
-    training_command: list[str] | None = None  # default: python train.py (the runner's)
-    extra_env: dict[str, str] = field(default_factory=dict)  # more lab variables for training
 
 
 @dataclass
@@ -94,9 +74,10 @@ class RunOutcome:
     state: str  # "done" | "stopped"
     exit_code: int  # 0 done, 130 stopped
     message: str
-    rows: int
-    best_val_bpb: float | None
+    rows: int  # trials recorded in all
+    best_val_bpb: float | None  # the best's mean over its trials
     best_commit: str
+    experiments: int = 0
 
 
 @dataclass
@@ -104,10 +85,24 @@ class Trained:
     """A training run as the loop judges it."""
 
     result: RunResult
-    status: str  # "keep" (finished, to be compared with the best) or "crash"
+    status: str  # "ok" (finished, to be judged against the best) or "crash"
     reason: str
     fixable: bool = False  # a crash the proposer may be shown (not a timeout, not a tampering)
     val_bpb: float = 0.0
+
+
+@dataclass
+class Change:
+    """What one experiment trains, as its rows describe it."""
+
+    number: int
+    commit: str
+    parent: str
+    description: str
+    hypothesis: str
+    proposer: str
+    model: str = ""
+    baseline: bool = False
 
 
 class RunPaths:
@@ -120,6 +115,11 @@ class RunPaths:
 
     def run_dir(self, experiment: int) -> Path:
         return self.dir / "runs" / f"{experiment:04d}"
+
+    def log(self, experiment: int, trial: int) -> Path:
+        """run.log for an experiment's first trial, run.trialK.log for trial K."""
+        name = "run.log" if trial <= 1 else f"run.trial{trial}.log"
+        return self.run_dir(experiment) / name
 
 
 def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcome:
@@ -152,9 +152,7 @@ def check_start(config: RunConfig, state: dict) -> bool:
     """Refuse what cannot start: a bad tag, --resume of a run that never started, or a new tag
     whose branch exists. A tag is new until results/<tag>/run.json exists. Returns whether the
     run's branch exists."""
-    tag = config.tag
-    if not TAG.match(tag) or ".." in tag or tag.endswith((".lock", ".")):
-        raise AutoresearchError(f"bad --tag {tag!r}: use letters, digits, '.', '_' and '-' (e.g. mar5)")
+    tag = check_tag(config.tag)
     has_branch = Workspace.exists(Path(config.repo_root), tag)
     if not state:
         if config.resume:
@@ -168,41 +166,156 @@ def check_start(config: RunConfig, state: dict) -> bool:
 
 
 class Session:
-    """One invocation of `autoresearch run` on one tag."""
+    """One invocation of `autoresearch run` on one tag: sequencing only. The record and the
+    best are the Ledger's, the verdicts keep_rule's, git the Workspace's, processes the runner's."""
 
     def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths):
         self.config, self.proposer, self.view, self.paths = config, proposer, view, paths
-        self.results = ResultsFile(paths.results)
-        self.rows: list[Row] = []
+        self.ledger = Ledger(paths.dir)
         self.state: dict = {}  # run.json as last saved
         self.workspace: Workspace | None = None
-        self.best_commit = ""  # short hash the branch tip returns to
-        self.best: float | None = None  # its val_bpb; None until the baseline is kept
+        self.best = Best("", None)
         self.failures_in_a_row = 0
         self.pauses = 0
         self.started = time.monotonic()
         self._profile = ""
+        self._base_short = ""
+
+    # -- the algorithm -------------------------------------------------------------------------
+
+    def loop(self) -> RunOutcome:
+        while True:
+            pending = self.ledger.pending()
+            why = self.limit_reached(pending)
+            if why:
+                return self.finish(why)
+            if pending is not None:
+                self.next_trial(pending)  # a baseline repeat or a confirm
+            elif self.best.experiment is None:
+                self.baseline()
+            else:
+                self.experiment()
+
+    def baseline(self) -> None:
+        """Train the run's start commit unchanged; its trials set the bar and the first noise."""
+        n = self.ledger.new_number()
+        folder = self.fresh_run_dir(n)
+        base = self.workspace.short(self.state["base_commit"])
+        (folder / "diff.patch").write_text("")
+        _write_json(folder / "proposal.json", {"experiment": n, "proposer": "baseline", "attempts": []})
+        change = Change(n, base, base, "baseline", "the unmodified train.py sets the bar", "baseline", baseline=True)
+        self.trial(change, [], utc_now(), time.monotonic())
+
+    def experiment(self) -> None:
+        """One idea: propose, commit, train (and fix a crash up to twice), then judge."""
+        n = self.ledger.new_number()
+        folder = self.fresh_run_dir(n)
+        started_at, t0 = utc_now(), time.monotonic()
+        parent = self.best.commit
+        record = {"experiment": n, "proposer": self.proposer_name, "attempts": [], "failures": []}
+        idea = self.propose_until_usable(self.context(n), record, folder)
+        if idea is None:  # a limit was reached while the proposer kept failing
+            return
+        proposal, usage = idea, idea.usage
+        commit = self.apply(n, proposal)
+        trained = self.train_and_check(n, 1, folder)
+        for attempt in range(1, self.config.max_fix_attempts + 1):
+            if not trained.fixable or not getattr(self.proposer, "can_fix", True):
+                break
+            fix, spent = self.propose_fix(n, attempt, proposal, trained, record, folder)
+            usage = usage + spent
+            if fix is None:
+                break
+            proposal = fix
+            commit = self.apply(n, proposal)
+            trained = self.train_and_check(n, 1, folder)
+        self.view.phase(n, "logging")
+        (folder / "diff.patch").write_text(self.workspace.diff(parent, commit))
+        _write_json(folder / "proposal.json", record)
+        change = Change(n, commit, parent, idea.description, idea.hypothesis, self.proposer_name,
+                        proposal.model or idea.model)
+        self.settle(change, [], trained, usage, started_at, t0)
+
+    def next_trial(self, pending: Experiment) -> None:
+        """One more trial of an experiment that has no verdict yet, on its own commit."""
+        first = pending.first
+        change = Change(pending.number, pending.commit, first.parent, first.description, first.hypothesis,
+                        first.proposer, first.model, baseline=first.role == "baseline")
+        if not self.workspace.at(change.commit):
+            self.workspace.revert_to(change.commit)
+        self.trial(change, pending.rows, utc_now(), time.monotonic())
+
+    def trial(self, change: Change, earlier: list[Row], started_at: str, t0: float) -> None:
+        trained = self.train_and_check(change.number, len(earlier) + 1, self.paths.run_dir(change.number))
+        self.settle(change, earlier, trained, Usage(), started_at, t0)
+
+    def settle(self, change: Change, earlier: list[Row], trained: Trained, usage: Usage,
+               started_at: str, t0: float) -> None:
+        """Judge the trials so far, write the row, and move the branch as the verdict says."""
+        trial = len(earlier) + 1
+        status, reason, verdict = self.verdict(change, earlier, trained)
+        role = ("baseline" if trial == 1 else "repeat") if change.baseline else (
+            "candidate" if trial == 1 else "confirm")
+        row = self.make_row(change, trial, role, status, reason, trained.result, usage, started_at, t0, verdict)
+        self.record(row, previous=self.best)
+        if change.baseline and status == "crash":
+            raise AutoresearchError(
+                f"the unmodified baseline crashed ({reason}); see {self.paths.log(change.number, trial)}, "
+                f"fix the lab, then resume with: autoresearch run --tag {self.config.tag} --resume"
+            )
+
+    def verdict(self, change: Change, earlier: list[Row], trained: Trained) -> tuple[str, str, Verdict | None]:
+        """(status, reason, verdict): crash; the baseline's trial/keep; or the keep rule's call."""
+        if trained.status == "crash":
+            reason = trained.reason if not earlier else f"trial {len(earlier) + 1} crashed: {trained.reason}"
+            return "crash", reason, None
+        values = [float(r.val_bpb) for r in earlier if r.measured] + [trained.val_bpb]
+        noise = self.noise(change.number, values)
+        if change.baseline:
+            done = len(values) >= self.config.baseline_repeats
+            mean = sum(values) / len(values)
+            return ("keep" if done else "trial"), "", Verdict("keep", mean, 0.0, None, "baseline", noise.sigma)
+        verdict = judge(self.config.keep_rule, values, self.best.values, noise, self.config.min_delta)
+        status = {"keep": "keep", "discard": "discard", "confirm": "trial"}[verdict.decision]
+        return status, verdict.why, verdict
+
+    def noise(self, number: int, values: list[float]) -> Noise:
+        """Pooled over every experiment recorded, this one counted with its newest trial."""
+        groups = [exp.values for exp in self.ledger.experiments() if exp.number != number]
+        return pooled_noise([*groups, values])
+
+    def record(self, row: Row, previous: Best) -> None:
+        """Append the row (the commit point), then move the branch back unless it was kept or
+        waits for another trial."""
+        self.ledger.append(row)
+        self.best = self.ledger.best(self.base_short)
+        if row.status in ("discard", "crash"):
+            self.workspace.revert_to(self.best.commit)
+        delta = None if previous.mean is None or not row.measured else float(row.val_bpb) - previous.mean
+        self.view.row(row.as_dict(), delta, self.standing())
 
     # -- start and stop ----------------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.config
-        self.rows = self.results.rows()
+        self.ledger.open()
         self.workspace, self.state = self.open_workspace()
         kill_orphan(self.paths.training)
         kill_marked(AGENT_MARKER, str(self.workspace.path.resolve()))  # an agent of a killed harness
-        self.best_commit, self.best = self.best_from_rows()
+        self.best = self.ledger.best(self.base_short)
         try:
-            self.workspace.revert_to(self.best_commit)
+            self.workspace.revert_to(self.best.commit)
         except GitCommandError as exc:
             raise AutoresearchError(
-                f"cannot move branch autoresearch/{cfg.tag} to its best commit {self.best_commit}: {exc.stderr.strip()}"
+                f"cannot move branch autoresearch/{cfg.tag} to its best commit {self.best.commit}: {exc.stderr.strip()}"
             ) from None
         self.save_state(
             state="running", pid=os.getpid(), proposer=self.proposer_name,
             model=cfg.options.model or "", max_experiments=cfg.max_experiments,
+            keep_rule=cfg.keep_rule, min_delta=cfg.min_delta, baseline_repeats=cfg.baseline_repeats,
         )
-        self.view.start(self.proposer_name, cfg.options.model or "", [r.as_dict() for r in self.rows])
+        self.view.start(self.proposer_name, cfg.options.model or "", [r.as_dict() for r in self.ledger.rows()],
+                        self.standing())
         self.view.failed_cost(float(self.state.get("proposal_cost_usd") or 0))
 
     def open_workspace(self) -> tuple[Workspace, dict]:
@@ -219,7 +332,7 @@ class Session:
                 failed_proposals=0, proposal_cost_usd=0.0, base_commit="",
             )
         if not has_branch:
-            if self.rows:
+            if self.ledger.rows():
                 raise AutoresearchError(
                     f"results/{tag} has rows but branch autoresearch/{tag} is gone; start a new --tag"
                 )
@@ -233,11 +346,17 @@ class Session:
         state = RunState.save(self.paths.state, base_commit=base, worktree=str(workspace.path))
         return workspace, state
 
-    def best_from_rows(self) -> tuple[str, float | None]:
-        kept = [row for row in self.rows if row.status == "keep"]
-        if kept:
-            return kept[-1].commit, float(kept[-1].val_bpb)
-        return self.workspace.short(self.state["base_commit"]), None
+    @property
+    def base_short(self) -> str:
+        """The run's start commit, short; read once (git's helper processes may be gone by the
+        time a Ctrl-C clean-up asks, as the terminal's SIGINT reaches them too)."""
+        if not self._base_short and self.workspace is not None:
+            self._base_short = self.workspace.short(self.state["base_commit"])
+        return self._base_short
+
+    def standing(self) -> Standing:
+        experiments = self.ledger.experiments()
+        return Standing(self.best, self.ledger.noise(), len(experiments))
 
     def stop(self) -> RunOutcome:
         """Ctrl-C / SIGTERM: no training left behind, no half-applied change, state `stopped`."""
@@ -252,9 +371,9 @@ class Session:
         try:
             kill_orphan(self.paths.training)
             if self.workspace is not None:
-                self.rows = self.results.rows()  # the row of an interrupted record() counts
-                self.best_commit, self.best = self.best_from_rows()
-                self.workspace.revert_to(self.best_commit)
+                self.ledger.reload()  # the row of an interrupted record() counts
+                self.best = self.ledger.best(self.base_short)
+                self.workspace.revert_to(self.best.commit)
             if self.state:
                 self.save_state(state="stopped")
         finally:
@@ -262,14 +381,17 @@ class Session:
 
     def finish(self, why: str) -> RunOutcome:
         self.save_state(state="done")
-        best = f"best val_bpb {self.best:.6f} at {self.best_commit}" if self.best is not None else "no baseline yet"
-        message = f"done ({why}): {len(self.rows)} experiments, {best}; results in {self.paths.results}"
+        best = f"best val_bpb {self.best.mean:.6f} at {self.best.commit}" if self.best.mean is not None else "no baseline yet"
+        count = len(self.ledger.experiments())
+        message = (f"done ({why}): {count} experiments, {best} ({len(self.ledger.rows())} trials in all); "
+                   f"results in {self.paths.results}")
         self.view.phase(None, "done")
         self.view.note(message)
         return self.outcome("done", 0, message)
 
     def outcome(self, state: str, code: int, message: str) -> RunOutcome:
-        return RunOutcome(state, code, message, len(self.rows), self.best, self.best_commit)
+        return RunOutcome(state, code, message, len(self.ledger.rows()), self.best.mean, self.best.commit,
+                          len(self.ledger.experiments()))
 
     def save_state(self, **fields) -> None:
         self.state = RunState.save(self.paths.state, **fields)
@@ -278,21 +400,11 @@ class Session:
     def proposer_name(self) -> str:
         return getattr(self.proposer, "name", self.config.proposer)
 
-    # -- the loop ------------------------------------------------------------------------------
-
-    def loop(self) -> RunOutcome:
-        while True:
-            why = self.limit_reached()
-            if why:
-                return self.finish(why)
-            if self.best is None:
-                self.baseline()
-            else:
-                self.experiment()
-
-    def limit_reached(self) -> str | None:
+    def limit_reached(self, pending: Experiment | None = None) -> str | None:
+        """A limit that stops the run before its next trial. --max-experiments counts
+        experiments, so an experiment waiting for its confirm still gets it."""
         cfg = self.config
-        if cfg.max_experiments is not None and len(self.rows) >= cfg.max_experiments:
+        if pending is None and cfg.max_experiments is not None and len(self.ledger.experiments()) >= cfg.max_experiments:
             return f"--max-experiments {cfg.max_experiments}"
         if cfg.max_hours is not None and time.monotonic() - self.started >= cfg.max_hours * 3600:
             return f"--max-hours {cfg.max_hours:g}"
@@ -301,66 +413,12 @@ class Session:
         return None
 
     def total_cost(self) -> float:
-        return sum(float(row.cost_usd or 0) for row in self.rows) + float(self.state.get("proposal_cost_usd") or 0)
-
-    def baseline(self) -> None:
-        """Train the run's start commit unchanged; its val_bpb is the first best."""
-        n = self.results.next_experiment()
-        folder = self.fresh_run_dir(n)
-        started_at, t0 = utc_now(), time.monotonic()
-        commit = self.workspace.short(self.state["base_commit"])
-        trained = self.train_and_check(n, folder)
-        self.view.phase(n, "logging")
-        (folder / "diff.patch").write_text("")
-        _write_json(folder / "proposal.json", {"experiment": n, "proposer": "baseline", "attempts": []})
-        status, reason = trained.status, trained.reason
-        row = self.make_row(n, commit, commit, status, reason, trained.result, "baseline",
-                            "the unmodified train.py sets the bar", "baseline", "", Usage(), started_at, t0)
-        self.record(row, keep=status == "keep")
-        if status == "crash":
-            raise AutoresearchError(
-                f"the unmodified baseline crashed ({reason}); see {folder / 'run.log'}, fix the lab, "
-                f"then resume with: autoresearch run --tag {self.config.tag} --resume"
-            )
-
-    def experiment(self) -> None:
-        """One idea: propose, commit, train (and fix a crash up to twice), keep or revert, log."""
-        n = self.results.next_experiment()
-        folder = self.fresh_run_dir(n)
-        started_at, t0 = utc_now(), time.monotonic()
-        parent = self.best_commit
-        record = {"experiment": n, "proposer": self.proposer_name, "attempts": [], "failures": []}
-        idea = self.propose_until_usable(self.context(n), record, folder)
-        if idea is None:  # a limit was reached while the proposer kept failing
-            return
-        proposal, usage = idea, idea.usage
-        commit = self.apply(n, proposal)
-        trained = self.train_and_check(n, folder)
-        for attempt in range(1, self.config.max_fix_attempts + 1):
-            if not trained.fixable or not getattr(self.proposer, "can_fix", True):
-                break
-            fix, spent = self.propose_fix(n, attempt, proposal, trained, record, folder)
-            usage = usage + spent
-            if fix is None:
-                break
-            proposal = fix
-            commit = self.apply(n, proposal)
-            trained = self.train_and_check(n, folder)
-        status, reason = trained.status, trained.reason
-        if status == "keep" and not self.config.accept(trained.val_bpb, self.best):
-            status = "discard"
-        self.view.phase(n, "logging")
-        (folder / "diff.patch").write_text(self.workspace.diff(parent, commit))
-        _write_json(folder / "proposal.json", record)
-        row = self.make_row(n, commit, parent, status, reason, trained.result, idea.description,
-                            idea.hypothesis, self.proposer_name, proposal.model or idea.model, usage,
-                            started_at, t0)
-        self.record(row, keep=status == "keep")
+        return sum(float(row.cost_usd or 0) for row in self.ledger.rows()) + float(self.state.get("proposal_cost_usd") or 0)
 
     def propose_fix(self, n: int, attempt: int, crashed: Proposal, trained: "Trained", record: dict,
                     folder: Path) -> tuple[Proposal | None, Usage]:
         """Show the proposer why its change crashed; (a usable fix or None, what the ask cost)."""
-        ctx = self.context(n, train_py=crashed.train_py, feedback=_feedback(trained.reason, folder / "run.log"))
+        ctx = self.context(n, train_py=crashed.train_py, feedback=_feedback(trained.reason, self.paths.log(n, 1)))
         self.view.phase(n, "fixing")
         base = self.workspace.head()  # the crashed commit
         try:
@@ -374,7 +432,7 @@ class Session:
                                        "usage": asdict(err.usage)})
             return None, err.usage
         # run.log is always the attempt the row describes: the crashed one, unless a fix runs.
-        (folder / "run.log").rename(folder / f"run.crash{attempt}.log")
+        self.paths.log(n, 1).rename(folder / f"run.crash{attempt}.log")
         record["attempts"].append(_proposal_record(fix, ctx, fix=attempt))
         return fix, fix.usage
 
@@ -388,7 +446,10 @@ class Session:
             program=program.read_text() if program.is_file() else "",
             train_py=train_py if train_py is not None else self.workspace.read(),
             lab_contract=lab_contract((self.workspace.path / "prepare.py").read_text()),
-            history=[row.as_dict() for row in self.rows],
+            history=self.ledger.history(),
+            best={"commit": self.best.commit, "experiment": self.best.experiment, "val_bpb": self.best.mean,
+                  "trials": len(self.best.values)},
+            noise=self.ledger.noise().sigma,
             workdir=self.workspace.path,
             experiment=n,
             profile=self.profile(),
@@ -404,11 +465,11 @@ class Session:
             try:
                 proposal = self.proposer.propose(ctx)
                 self.view.phase(ctx.experiment, "checking")
-                self.only_train_py_changed(proposal, self.best_commit)
+                self.only_train_py_changed(proposal, self.best.commit)
                 if proposal.train_py == ctx.train_py:
                     raise ProposerError("the proposal leaves train.py unchanged", proposal.usage, proposal.raw)
             except ProposerError as err:
-                self.workspace.revert_to(self.best_commit)
+                self.workspace.revert_to(self.best.commit)
                 self.failures_in_a_row += 1
                 self.save_state(
                     failed_proposals=int(self.state.get("failed_proposals") or 0) + 1,
@@ -462,22 +523,24 @@ class Session:
         message = f"{_one_line(proposal.description)}\n\n{proposal.hypothesis}\n\nExperiment: {n}\n"
         return self.workspace.short(self.workspace.commit(message))
 
-    def train(self, n: int, log: Path) -> RunResult:
+    def train(self, n: int, trial: int) -> RunResult:
         budget, timeout = self.budget_and_timeout()
         self.view.phase(n, "training", budget=budget, timeout=timeout)
         return run_training(
-            self.workspace.path, log, timeout, self.training_env(),
+            self.workspace.path, self.paths.log(n, trial), timeout, self.training_env(trial),
             command=self.config.training_command, pid_file=self.paths.training,
         )
 
-    def train_and_check(self, n: int, folder: Path) -> "Trained":
+    def train_and_check(self, n: int, trial: int, folder: Path) -> "Trained":
         """Train the worktree's commit; anything the run wrote or changed besides train.py (a
         file, a commit or checkout on the run branch, the run's own records) makes it a crash
         and is undone."""
+        folder.mkdir(parents=True, exist_ok=True)
         trained = self.workspace.head()
         # train.py runs as the user and can reach ../../../results/<tag>/: keep what we wrote.
-        records = {path: read_bytes(path) for path in (self.paths.results, self.paths.state)}
-        result = self.train(n, folder / "run.log")
+        guarded = (self.ledger.path, self.paths.state, self.ledger.numbers_path)
+        records = {path: read_bytes(path) for path in guarded}
+        result = self.train(n, trial)
         self.view.phase(n, "checking")
         reasons = [f"modified {path.name} (restored)" for path, data in records.items() if restore_bytes(path, data)]
         if not self.workspace.at(trained):
@@ -493,24 +556,25 @@ class Session:
         val = result.metrics.get("val_bpb")
         if not isinstance(val, (int, float)) or not math.isfinite(val):
             return Trained(result, "crash", f"val_bpb is {val}")
-        return Trained(result, "keep", "", val_bpb=float(val))  # the caller decides keep/discard
+        return Trained(result, "ok", "", val_bpb=float(val))  # settle() judges it
 
-    def make_row(self, n, commit, parent, status, reason, result, description, hypothesis,
-                 proposer, model, usage: Usage, started_at, t0) -> Row:
+    def make_row(self, change: Change, trial: int, role: str, status: str, reason: str, result: RunResult,
+                 usage: Usage, started_at: str, t0: float, verdict: Verdict | None) -> Row:
         # train.py is the proposer's to edit: a summary value that is not a finite number (say
         # `training_seconds: 300s`) is left empty instead of breaking results.tsv.
         m = {key: _finite(value) for key, value in result.metrics.items()} if status != "crash" else {}
         steps = m.get("num_steps")
+        decided = verdict is not None
         return Row(
-            commit=commit,
+            commit=change.commit,
             val_bpb=m.get("val_bpb") or 0.0,
             memory_gb=(m.get("peak_vram_mb") or 0.0) / 1024,
             status=status,
-            description=description,
-            experiment=n,
-            hypothesis=hypothesis,
-            proposer=proposer,
-            model=model,
+            description=change.description,
+            experiment=change.number,
+            hypothesis=change.hypothesis,
+            proposer=change.proposer,
+            model=change.model,
             reason=reason,
             training_seconds=m.get("training_seconds"),
             total_seconds=m.get("total_seconds"),
@@ -521,20 +585,14 @@ class Session:
             cost_usd=usage.cost_usd,
             started_at=started_at,
             wall_seconds=time.monotonic() - t0,
-            parent=parent,
+            parent=change.parent,
+            role=role,
+            trial=trial,
+            seed=SEED + trial - 1,
+            mean_val_bpb=round(verdict.mean, 6) if decided else None,
+            delta=round(verdict.delta, 6) if decided and not change.baseline else None,
+            sigma=verdict.sigma if decided else None,
         )
-
-    def record(self, row: Row, keep: bool) -> None:
-        """Append the row (the commit point), then move the branch back unless it was kept."""
-        self.results.append(row)
-        self.rows.append(row)
-        previous = self.best
-        if keep:
-            self.best_commit, self.best = row.commit, float(row.val_bpb)
-        else:
-            self.workspace.revert_to(self.best_commit)
-        delta = None if previous is None or row.status == "crash" else float(row.val_bpb) - previous
-        self.view.row(row.as_dict(), delta)
 
     # -- small helpers -------------------------------------------------------------------------
 
@@ -557,11 +615,13 @@ class Session:
         )
         return budget, cfg.timeout or budget + max(budget, 120.0)
 
-    def training_env(self) -> dict[str, str]:
+    def training_env(self, trial: int = 1) -> dict[str, str]:
         """The user's environment without credentials, plus the lab's variables (named here, as
-        the credential filter would drop AUTORESEARCH_EVAL_TOKENS for its TOKEN)."""
+        the credential filter would drop AUTORESEARCH_EVAL_TOKENS for its TOKEN), and the
+        trial's seed: repeats of one commit measure run-to-run variation, not one run twice."""
         cfg = self.config
         extra = {name: os.environ[name] for name in LAB_VARIABLES if os.environ.get(name)}
+        extra["AUTORESEARCH_SEED"] = str(SEED + trial - 1)
         extra.update(cfg.extra_env)
         if cfg.profile:
             extra["AUTORESEARCH_PROFILE"] = cfg.profile
@@ -570,18 +630,9 @@ class Session:
         return training_env(os.environ, extra)
 
 
-def run_from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", model: str | None = None,
-                 base_url: str | None = None, command: str | None = None, seed: int = 0,
-                 profile: str | None = None, **limits) -> int:
-    """`autoresearch run`: check the options, run, print how it ended; returns the exit code."""
-    from autoresearch.lab import find_lab
-
-    if profile not in (None, "gpu", "cpu"):
-        raise AutoresearchError(f"bad --profile {profile!r}: use gpu or cpu")
-    root = find_lab(Path(repo or Path.cwd()).resolve())
-    options = ProposerOptions(model=model, base_url=base_url, command=command, seed=seed)
-    config = RunConfig(repo_root=root, tag=tag, proposer=proposer, options=options, profile=profile, **limits)
-    return run(config).exit_code  # the view has shown how it ended
+def run_from_cli(**options) -> int:
+    """`autoresearch run`: resolve the options (config.from_cli), run, return the exit code."""
+    return run(from_cli(**options)).exit_code  # the view has shown how it ended
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from autoresearch import analysis
 from autoresearch.errors import AutoresearchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: experiments are counted, not rows; best is a mean; trials, noise
 PLAIN_DESCRIPTION = 72  # characters of a description in plain-text tables
 
 
@@ -138,7 +138,7 @@ def run_sections(s: dict, top: int) -> list[Section]:
         ("source", s["source"]),
         ("state", _state(s)),
         ("experiments", f"{s['experiments']}  (keep {counts['keep']}, discard {counts['discard']}, "
-                        f"crash {counts['crash']})"),
+                        f"crash {counts['crash']}; {s['trials']} trials)"),
         ("keep rate", f"{counts['keep']}/{counts['keep'] + counts['discard']} = {_pct(s['keep_rate'])}"),
         ("baseline val_bpb", _bpb((s["baseline"] or {}).get("val_bpb"))),
         ("best val_bpb", _bpb((s["best"] or {}).get("val_bpb"))
@@ -149,6 +149,13 @@ def run_sections(s: dict, top: int) -> list[Section]:
         ("kept improvements", f"{s['improvements']}" + (
             f"  ({s['within_noise']} within noise, < {s['noise_threshold']:.0e})" if s["within_noise"] else "")),
     ]
+    n = s["noise"]
+    if n["sigma"] is not None or n["extra_trials"]:
+        overview.pairs += [
+            ("noise (pooled sigma)", "-" if n["sigma"] is None else f"{n['sigma']:.6f} ({n['dof']} dof)"),
+            ("repeats and confirms", f"{n['extra_trials']} trials, {n['extra_training_seconds']:.0f} s of training "
+                                     f"({100 * n['extra_share']:.1f}% of all training)"),
+        ]
     t, u = s["timing"], s["usage"]
     if t["elapsed_hours"] is not None or t["mean_wall_seconds"] is not None:
         overview.pairs += [
@@ -174,11 +181,15 @@ def run_sections(s: dict, top: int) -> list[Section]:
     sections = [overview]
 
     if s["kept"]:
-        kept = Section("Kept experiments, in order (gain = previous kept val_bpb - this one)",
-                       headers=["experiment", "commit", "val_bpb", "gain", "", "description"])
+        kept = Section("Kept experiments, in order (val_bpb = mean ± half-range of its trials; "
+                       "gain = previous kept mean - this one, also in units of sigma)",
+                       headers=["experiment", "commit", "val_bpb", "trials", "gain", "x sigma", "", "description"])
         for k in s["kept"]:
-            kept.rows.append([str(k["experiment"]), k["commit"] or "", _bpb(k["val_bpb"]),
-                              _gain(k["delta"]), "noise?" if k["within_noise"] else "", k["description"] or ""])
+            spread = f" ± {k['spread']:.6f}" if k.get("spread") is not None else ""
+            kept.rows.append([str(k["experiment"]), k["commit"] or "", _bpb(k["val_bpb"]) + spread,
+                              str(k.get("trials") or 1), _gain(k["delta"]),
+                              "-" if k.get("margin_sigma") is None else f"{k['margin_sigma']:.1f}",
+                              "noise?" if k["within_noise"] else "", k["description"] or ""])
         sections.append(kept)
     if s["top_hits"]:
         hits = Section(f"Top hits by gain (top {min(top, len(s['top_hits']))} of {len(s['top_hits'])})",

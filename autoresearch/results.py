@@ -11,6 +11,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, fields
+from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,29 +19,76 @@ import psutil
 
 from autoresearch.errors import AutoresearchError
 
-COLUMNS: tuple[str, ...] = (
-    "commit",
-    "val_bpb",
-    "memory_gb",
-    "status",
-    "description",
-    "experiment",
-    "hypothesis",
-    "proposer",
-    "model",
-    "reason",
-    "training_seconds",
-    "total_seconds",
-    "num_steps",
-    "mfu_percent",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "started_at",
-    "wall_seconds",
-    "parent",
+# ---------------------------------------------------------------------------
+# The columns: one definition for the writer (Row), the loop's reader and the report
+# ---------------------------------------------------------------------------
+# Upstream's five come first, then ours. New columns are only ever added at the end: a file whose
+# header is an older prefix of COLUMNS is upgraded in place on resume (new fields empty).
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _float(raw: str) -> float:
+    return float(raw) if raw else 0.0
+
+
+def _opt_float(raw: str) -> float | None:
+    return float(raw) if raw else None
+
+
+def _opt_int(raw: str) -> int | None:
+    return int(float(raw)) if raw else None
+
+
+def _int(raw: str) -> int:
+    return int(float(raw)) if raw else 0
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    parse: Callable[[str], object]  # results.tsv text -> value (raises ValueError)
+    digits: int | None = None  # fixed decimals when written; None: str()
+    since: int = 1  # schema version that added it (docs/architecture.md)
+
+
+SCHEMA: tuple[Column, ...] = (
+    Column("commit", _text),
+    Column("val_bpb", _float, 6),  # this trial's measurement; 0.000000 for a crash (upstream)
+    Column("memory_gb", _float, 1),
+    Column("status", _text),  # keep | discard | crash decide an experiment; trial does not
+    Column("description", _text),
+    Column("experiment", _int),  # the same number on every trial of one experiment
+    Column("hypothesis", _text),
+    Column("proposer", _text),
+    Column("model", _text),
+    Column("reason", _text),
+    Column("training_seconds", _opt_float, 1),
+    Column("total_seconds", _opt_float, 1),
+    Column("num_steps", _opt_int),
+    Column("mfu_percent", _opt_float, 2),
+    Column("input_tokens", _int),
+    Column("output_tokens", _int),
+    Column("cost_usd", _float, 6),
+    Column("started_at", _text),
+    Column("wall_seconds", _opt_float, 1),
+    Column("parent", _text),
+    # schema 2: trials (issue 8)
+    Column("role", _text, since=2),  # baseline | candidate | repeat | confirm
+    Column("trial", _opt_int, since=2),  # 1, 2, ... within the experiment
+    Column("seed", _opt_int, since=2),  # AUTORESEARCH_SEED of this trial
+    Column("mean_val_bpb", _opt_float, 6, since=2),  # the experiment's mean, on its deciding row
+    Column("delta", _opt_float, 6, since=2),  # mean minus the best's mean it was judged against
+    Column("sigma", _opt_float, 6, since=2),  # the pooled noise estimate the verdict used
 )
+COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA)
+PARSERS: dict[str, Callable[[str], object]] = {c.name: c.parse for c in SCHEMA}
 HEADER = "\t".join(COLUMNS) + "\n"
+UPSTREAM_COLUMNS = COLUMNS[:5]
+DECIDING = ("keep", "discard", "crash")  # the statuses that end an experiment
+STATUSES = (*DECIDING, "trial")
 
 # Tabs and every line break str.splitlines() knows (the report reads the file with it).
 _BREAKS = re.compile(r"[\t\n\x0b\x0c\r\x1c\x1d\x1e\x85\u2028\u2029]+")
@@ -55,18 +103,22 @@ def _clean(value: str) -> str:
     return _BREAKS.sub(" ", value)
 
 
-def _fixed(value: float | None, digits: int) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+def _write(column: Column, value) -> str:
+    if value is None:
+        return ""
+    if column.digits is not None:
+        return f"{value:.{column.digits}f}"
+    return str(value)
 
 
 @dataclass
 class Row:
-    """One experiment, one line of results.tsv; the fields are the columns, in order."""
+    """One trial, one line of results.tsv; the fields are the columns, in order."""
 
     commit: str
     val_bpb: float
     memory_gb: float
-    status: str  # keep | discard | crash
+    status: str  # keep | discard | crash | trial
     description: str
     experiment: int
     hypothesis: str = ""
@@ -83,81 +135,43 @@ class Row:
     started_at: str = ""
     wall_seconds: float | None = None
     parent: str = ""
+    role: str = ""
+    trial: int | None = None
+    seed: int | None = None
+    mean_val_bpb: float | None = None
+    delta: float | None = None
+    sigma: float | None = None
 
     def to_fields(self) -> list[str]:
         """The row as results.tsv text fields (a crash reads 0.000000 / 0.0, like upstream)."""
         crash = self.status == "crash"
-        values = [
-            self.commit,
-            "0.000000" if crash else f"{self.val_bpb:.6f}",
-            "0.0" if crash else f"{self.memory_gb:.1f}",
-            self.status,
-            self.description,
-            str(self.experiment),
-            self.hypothesis,
-            self.proposer,
-            self.model,
-            self.reason,
-            _fixed(self.training_seconds, 1),
-            _fixed(self.total_seconds, 1),
-            "" if self.num_steps is None else str(self.num_steps),
-            _fixed(self.mfu_percent, 2),
-            str(self.input_tokens),
-            str(self.output_tokens),
-            f"{self.cost_usd:.6f}",
-            self.started_at,
-            _fixed(self.wall_seconds, 1),
-            self.parent,
-        ]
-        return [_clean(v) for v in values]
+        values = []
+        for column in SCHEMA:
+            value = getattr(self, column.name)
+            if crash and column.name in ("val_bpb", "memory_gb"):
+                value = 0.0
+            values.append(_clean(_write(column, value)))
+        return values
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def measured(self) -> bool:
+        """A trial that produced a val_bpb (not a crash)."""
+        return self.status != "crash" and self.val_bpb > 0
 
     @classmethod
     def from_fields(cls, values: dict[str, str]) -> "Row":
         """Parse one line's fields keyed by column name; missing columns take their defaults."""
         kwargs: dict = {}
         for f in fields(cls):
-            if f.name not in values:
-                continue
-            raw = values[f.name]
-            kwargs[f.name] = _PARSERS.get(f.name, str)(raw)
+            if f.name in values:
+                kwargs[f.name] = PARSERS[f.name](values[f.name])
         for required in ("commit", "val_bpb", "memory_gb", "status", "description"):
-            kwargs.setdefault(required, _PARSERS.get(required, str)(""))
+            kwargs.setdefault(required, PARSERS[required](""))
         kwargs.setdefault("experiment", 0)
         return cls(**kwargs)
-
-
-def _float(raw: str) -> float:
-    return float(raw) if raw else 0.0
-
-
-def _opt_float(raw: str) -> float | None:
-    return float(raw) if raw else None
-
-
-def _opt_int(raw: str) -> int | None:
-    return int(raw) if raw else None
-
-
-def _int(raw: str) -> int:
-    return int(raw) if raw else 0
-
-
-_PARSERS = {
-    "val_bpb": _float,
-    "memory_gb": _float,
-    "experiment": _int,
-    "training_seconds": _opt_float,
-    "total_seconds": _opt_float,
-    "num_steps": _opt_int,
-    "mfu_percent": _opt_float,
-    "input_tokens": _int,
-    "output_tokens": _int,
-    "cost_usd": _float,
-    "wall_seconds": _opt_float,
-}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -169,15 +183,25 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class ResultsFile:
-    """results.tsv: read all rows, append one row durably."""
+    """results.tsv as a file: read all rows, append one row durably, upgrade an older header.
+    The Ledger (ledger.py) is its one user: it adds the lock, the numbering and the meaning."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def header(self) -> list[str] | None:
+        """The header's column names, or None for a missing or empty file."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return None
+        return first.rstrip("\n").split("\t") if first.endswith("\n") else None
+
     def rows(self) -> list[Row]:
         """Every complete row; a torn last line (no trailing newline) is ignored.
 
-        Reads our 20 columns or any subset with a header naming them (upstream's five included).
+        Reads our columns or any subset with a header naming them (upstream's five included).
         """
         try:
             text = self.path.read_text(encoding="utf-8")
@@ -189,6 +213,12 @@ class ResultsFile:
         header = lines[0].split("\t")
         if "commit" not in header or "val_bpb" not in header:
             raise AutoresearchError(f"{self.path} is not a results.tsv (header: {lines[0][:80]!r})")
+        unknown = [name for name in header if name not in PARSERS]
+        if unknown:
+            raise AutoresearchError(
+                f"{self.path} has column(s) this version does not know: {', '.join(unknown[:3])} "
+                f"(written by a newer autoresearch?)"
+            )
         rows = []
         for number, line in enumerate(lines[1:], start=2):
             if not line.strip():
@@ -204,10 +234,34 @@ class ResultsFile:
                 raise AutoresearchError(f"{self.path}:{number} does not parse: {exc}") from None
         return rows
 
+    def upgrade(self) -> bool:
+        """Rewrite a file whose header is an older prefix of COLUMNS with today's header (the
+        new fields empty): once, atomically (tmp, fsync, rename). True if it did. Any other
+        header is refused with a one-line error."""
+        header = self.header()
+        if header is None or header == list(COLUMNS):
+            return False
+        if header != list(COLUMNS[: len(header)]):
+            raise AutoresearchError(
+                f"{self.path} has a different header; move it away or use another tag"
+            )
+        rows = self.rows()  # also drops a torn last line
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.upgrade")
+        with open(tmp, "wb") as f:
+            f.write(HEADER.encode("utf-8"))
+            for row in rows:
+                f.write(("\t".join(row.to_fields()) + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return True
+
     def append(self, row: Row) -> None:
         """Append one row with one write(), flush and fsync; write the header into a new file.
 
         A torn last line left by a killed writer is cut off first, so rows never run together.
+        The caller holds the ledger's lock (appends from several workers never interleave).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
@@ -252,11 +306,6 @@ class ResultsFile:
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
-
-    def next_experiment(self) -> int:
-        """The number for the next experiment: the highest recorded plus one, or 0 (baseline)."""
-        rows = self.rows()
-        return max(r.experiment for r in rows) + 1 if rows else 0
 
 
 class RunState:

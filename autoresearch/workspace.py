@@ -17,11 +17,11 @@ import git
 import psutil
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
+from autoresearch.config import bad_tag, check_tag
 from autoresearch.errors import AutoresearchError
 
 ACTOR = git.Actor("autoresearch", "autoresearch@localhost")
 WORKTREES = Path(".autoresearch") / "worktrees"
-TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # and no "..", no ".lock"/"." ending
 
 # Our commits must not depend on (or run) the user's hooks, signing setup or identity.
 _CONFIG = ["core.hooksPath=/dev/null", "commit.gpgSign=false", "core.quotePath=false"]
@@ -52,17 +52,11 @@ def _user_repo(repo_root: Path) -> git.Repo:
 
 
 def _check_tag(repo: git.Repo, tag: str) -> str:
-    branch = f"autoresearch/{tag}"
-    ok = bool(TAG.match(tag)) and not tag.endswith((".lock", "."))
-    if ok:
-        try:
-            repo.git.check_ref_format(f"refs/heads/{branch}")
-        except GitCommandError:
-            ok = False
-    if not ok:
-        raise AutoresearchError(
-            f"bad tag {tag!r}: use letters, digits, '.', '_' and '-' (e.g. mar5), starting with a letter or digit"
-        )
+    branch = f"autoresearch/{check_tag(tag)}"
+    try:
+        repo.git.check_ref_format(f"refs/heads/{branch}")
+    except GitCommandError:
+        raise bad_tag(tag) from None  # git's own rules refused it
     return branch
 
 

@@ -114,25 +114,38 @@ def check_rows(root: Path, tag: str = "t", torn_ok: bool = False) -> list[Row]:
     for number, line in enumerate(lines[1:-1], start=2):
         assert len(line.split("\t")) == len(COLUMNS), f"line {number} has {len(line.split(chr(9)))} fields"
     rows = ResultsFile(p["results"]).rows()
-    numbers = [r.experiment for r in rows]
-    assert numbers == list(range(len(rows))), f"experiment numbers not consecutive: {numbers}"
-    base = _short(root, RunState.load(p["state"]).get("base_commit", ""))
-    best_commit, best = base, None
+    state = RunState.load(p["state"])
+    greedy = state.get("keep_rule", "greedy") == "greedy"
+    experiments: dict[int, list[Row]] = {}
     for r in rows:
-        assert r.status in ("keep", "discard", "crash"), r
-        assert r.parent == best_commit, f"experiment {r.experiment}: parent {r.parent}, best was {best_commit}"
-        if r.status == "crash":
-            assert r.reason and r.val_bpb == 0.0, r
-        elif r.status == "keep":
-            assert best is None or r.val_bpb < best, f"experiment {r.experiment} kept without beating {best}"
-            best_commit, best = r.commit, r.val_bpb
-        else:
-            assert best is not None and r.val_bpb >= best, f"experiment {r.experiment} discarded though better"
+        experiments.setdefault(r.experiment, []).append(r)
+    numbers = list(experiments)
+    assert numbers == list(range(len(numbers))), f"experiment numbers not consecutive: {numbers}"
+    base = _short(root, state.get("base_commit", ""))
+    best_commit, best = base, None
+    for n, trials in experiments.items():
+        assert [t.trial or 1 for t in trials] == list(range(1, len(trials) + 1)), f"experiment {n}: trials {trials}"
+        assert all(t.status == "trial" for t in trials[:-1]), f"experiment {n}: a verdict before its last trial"
+        assert len({(t.commit, t.parent) for t in trials}) == 1, f"experiment {n}: trials of different commits"
+        last = trials[-1]
+        assert last.status in ("keep", "discard", "crash", "trial"), last
+        if last.status == "trial":
+            assert n == numbers[-1], f"experiment {n} has no verdict but later ones do"
+        assert last.parent == best_commit, f"experiment {n}: parent {last.parent}, best was {best_commit}"
+        values = [t.val_bpb for t in trials if t.status != "crash"]
+        mean = sum(values) / len(values) if values else None
+        if last.status == "crash":
+            assert last.reason and last.val_bpb == 0.0, last
+        elif last.status == "keep":
+            assert best is None or mean < best, f"experiment {n} kept without beating {best}"
+            best_commit, best = last.commit, mean
+        elif last.status == "discard" and greedy:
+            assert best is not None and mean >= best, f"experiment {n} discarded though better"
     return rows
 
 
 def best_commit(root: Path, tag: str, rows: list[Row]) -> str:
-    kept = [r for r in rows if r.status == "keep"]
+    kept = [r for r in rows if r.status == "keep"]  # a keep is the last row of its experiment
     if kept:
         return kept[-1].commit
     return _short(root, RunState.load(paths(root, tag)["state"]).get("base_commit", ""))

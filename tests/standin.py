@@ -21,10 +21,14 @@ import sys
 import time
 
 VAL = 1.000000  # the val_bpb this run reports
+JITTER = {}  # seed -> added to VAL: scripted run-to-run noise (AUTORESEARCH_SEED picks the trial)
 MODE = "ok"  # ok | crash | hang | fail | nan | silent | write_prepare | write_file
 SLEEP = 0.0  # seconds before the summary
+SLEEP_BY_SEED = {}  # seed -> seconds, instead of SLEEP (STANDIN_SLEEP overrides both)
 
-time.sleep(float(os.environ.get("STANDIN_SLEEP", SLEEP)))
+seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
+by_seed = SLEEP_BY_SEED.get(seed, SLEEP_BY_SEED.get(str(seed), SLEEP))  # JSON keys are text
+time.sleep(float(os.environ.get("STANDIN_SLEEP", by_seed)))
 print("step 00001 | loss 3.0", flush=True)
 print("saw OPENAI_API_KEY:", "OPENAI_API_KEY" in os.environ)
 print("lab env:", *[os.environ.get(f"AUTORESEARCH_{name}") for name in ("PROFILE", "TIME_BUDGET", "CACHE", "SOURCE", "EVAL_TOKENS")])
@@ -43,7 +47,7 @@ if MODE == "write_prepare":
 if MODE == "write_file":
     with open("stray.txt", "w") as f:
         f.write("x\\n")
-val = float("nan") if MODE == "nan" else VAL
+val = float("nan") if MODE == "nan" else VAL + JITTER.get(seed, JITTER.get(str(seed), 0.0))
 print("---")
 print(f"val_bpb:          {val:.6f}")
 print("training_seconds: 1.5")

@@ -13,7 +13,9 @@ import pytest
 from rich.console import Console
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.live import View, ViewState, render, row_line
+from autoresearch.keep_rule import Noise
+from autoresearch.ledger import Best
+from autoresearch.live import Standing, View, ViewState, render, row_line
 from autoresearch.lab import lab_contract, lab_time_budget
 from autoresearch.loop import RunConfig, run
 from autoresearch.proposers import Proposal, ProposerError, Usage
@@ -36,8 +38,8 @@ class RecordingView(View):
         super().note(text)
         self.notes.append(text)
 
-    def row(self, row, delta):
-        super().row(row, delta)
+    def row(self, row, delta, standing=None):
+        super().row(row, delta, standing)
         self.rows.append((row, delta))
 
 
@@ -47,7 +49,10 @@ def lab(tmp_repo) -> Path:
 
 
 def config(root: Path, **overrides) -> RunConfig:
-    values = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01)
+    # The classic one-trial loop (greedy, one baseline trial): these tests are about the loop's
+    # mechanics; tests/test_keep_rule_loop.py runs the noise rule.
+    values = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01,
+                  keep_rule="greedy", baseline_repeats=1)
     values.update(overrides)
     return RunConfig(**values)
 
@@ -146,13 +151,13 @@ def test_each_context_is_fresh_with_history_contract_and_best_train_py(lab):
     assert first.feedback is None and first.workdir == lab / ".autoresearch" / "worktrees" / "t"
 
 
-def test_equal_val_bpb_is_discarded_and_the_acceptance_rule_is_a_seam(lab):
+def test_equal_val_bpb_is_discarded_by_both_rules(lab):
     run(config(lab, max_experiments=2), proposer=ScriptedProposer([{"VAL": 1.0, "SLEEP": 0.0}]), view=RecordingView())
     assert [r.status for r in rows(lab)] == ["keep", "discard"]
 
-    lenient = config(lab, tag="u", max_experiments=2, accept=lambda val, best: val <= best)
-    run(lenient, proposer=ScriptedProposer([{"VAL": 1.0, "SLEEP": 0.0}]), view=RecordingView("u"))
-    assert [r.status for r in rows(lab, "u")] == ["keep", "keep"]
+    noise = config(lab, tag="u", max_experiments=2, keep_rule="noise", baseline_repeats=2)
+    run(noise, proposer=ScriptedProposer([{"VAL": 1.0, "SLEEP": 0.0}]), view=RecordingView("u"))
+    assert [r.status for r in rows(lab, "u")] == ["trial", "keep", "discard"]
 
 
 # ---------------------------------------------------------------------------
@@ -528,11 +533,13 @@ def test_live_view_renders_phase_best_counts_and_rows():
                    "output_tokens": 300, "cost_usd": 0.0123})
     state.experiment, state.phase, state.budget, state.timeout = 2, "training", 300, 600
     state.phase_since = 100.0
+    state.standing = Standing(Best("abc1234", 0, (0.9979, 0.9981)), Noise(0.000141, 1), 2)
     console = Console(record=True, width=120)
     console.print(render(state, now=160.0))
     text = console.export_text()
     assert "[0002] training 1:00 elapsed, ~4:00 of budget left" in text
-    assert "0.997900 (abc1234)" in text and "2: 1 keep, 0 discard, 1 crash" in text
+    assert "0.998000 ± 0.000100 over 2 trials (abc1234)" in text and "2: 1 keep, 0 discard, 1 crash" in text
+    assert "0.000141 (1 dof)" in text
     assert "1,200 in, 300 out, $0.0123" in text and "timeout after 600 s" in text
     state.failed_cost_usd = 0.002
     console = Console(record=True, width=120)

@@ -357,13 +357,14 @@ def test_history_table_trims_fields_and_compresses_old_rows(tmp_path):
         for i in range(500)
     ]
     rows[0]["status"] = "keep"
-    table = history_table(rows)
+    table = history_table(rows, best={"commit": "0000000", "experiment": 0, "val_bpb": 1.0, "trials": 2}, noise=3e-4)
     assert "idea 499 " in table and "idea 160 " in table  # every idea but the oldest is named
     assert max(len(line) for line in table.split("\n")) < 400
     assert "x" * 121 not in table and "y" * 121 not in table
     assert "(160 oldest experiments omitted)" in table and "idea 159 " not in table
     assert len(table) < 60_000
-    assert table.startswith("1 kept, 499 discarded, 0 crashed. Baseline val_bpb 1.000000")
+    assert table.startswith("1 kept, 499 discarded, 0 crashed. Baseline val_bpb 1.000000; best 1.000000 "
+                            "(experiment 0, commit 0000000). Run-to-run noise: sigma 0.000300")
 
 
 def test_fix_attempt_prompt_carries_the_crash_log_tail(tmp_path):

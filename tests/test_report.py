@@ -175,7 +175,7 @@ def test_plain_text_report_when_not_a_terminal(checkout):
     result = cli("report", "--tag", "new", "--no-plot", cwd=checkout / "results")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "experiments:" in out and "7  (keep 4, discard 2, crash 1)" in out
+    assert "experiments:" in out and "7  (keep 4, discard 2, crash 1; 7 trials)" in out
     assert "4/6 = 66.7%" in out and "0.012900 (1.29%)" in out
     assert "best experiment:" in out and "halve batch size" in out
     assert "+0.007900" in out and "total over baseline" in out
@@ -200,12 +200,13 @@ def test_json_summary_is_stable_and_complete(checkout):
     result = cli("report", "--tag", "old", "--json", "--no-plot", "--root", str(checkout))
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["schema_version"] == report.SCHEMA_VERSION == 1
+    assert data["schema_version"] == report.SCHEMA_VERSION == 2
     (run,) = data["runs"]
     assert set(run) == {
         "source", "tag", "format", "state", "run", "experiments", "counts", "keep_rate", "baseline", "best",
         "improvement", "improvement_pct", "noise_threshold", "improvements", "within_noise", "kept",
-        "top_hits", "timing", "crash_reasons", "usage", "by_proposer", "malformed", "torn_line", "plot"}
+        "top_hits", "timing", "crash_reasons", "usage", "by_proposer", "malformed", "torn_line", "plot",
+        "trials", "noise"}
     assert run["tag"] == "old" and run["best"]["val_bpb"] == 1.0899
     assert run["kept"][1]["description"] == LONG.strip()  # unicode, unabridged
     assert run["source"] == str(checkout / "results" / "old" / "results.tsv")
@@ -344,11 +345,11 @@ def test_malformed_rows_are_named_by_line_and_valid_rows_still_count(tmp_path):
     path = write(tmp_path, "\n".join(lines) + "\n")
     table = analysis.read_results(path)
     assert table.malformed == [(4, "expected 5 fields, found 3"), (6, "val_bpb 'abc' is not a positive number"),
-                               (7, "status 'maybe' is not keep, discard or crash")]
+                               (7, "status 'maybe' is not keep, discard, crash or trial")]
     assert len(table.rows) == 7
     result = cli("report", "--results", str(path), "--no-plot")
     assert result.exit_code == 1
-    assert "7  (keep 4, discard 2, crash 1)" in result.stdout  # the report of the valid rows
+    assert "7  (keep 4, discard 2, crash 1; 7 trials)" in result.stdout  # the report of the valid rows
     assert result.stderr.count("\n") == 1
     assert "3 malformed row(s) skipped" in result.stderr and "line 4" in result.stderr and "line 7" in result.stderr
 

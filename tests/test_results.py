@@ -34,7 +34,7 @@ def keep_row(experiment: int, **kw) -> Row:
 
 def test_columns_start_with_upstreams_five_and_match_row_fields():
     assert COLUMNS[:5] == ("commit", "val_bpb", "memory_gb", "status", "description")
-    assert len(COLUMNS) == 20
+    assert COLUMNS[20:] == ("role", "trial", "seed", "mean_val_bpb", "delta", "sigma")  # schema 2, appended
     assert tuple(keep_row(0).as_dict()) == COLUMNS
 
 
@@ -61,7 +61,7 @@ def test_crash_row_reads_zero_and_empty_optionals():
 
 def test_round_trip_through_the_file(tmp_path):
     results = ResultsFile(tmp_path / "t" / "results.tsv")
-    assert results.rows() == [] and results.next_experiment() == 0
+    assert results.rows() == []
     rows = [
         keep_row(0),
         keep_row(1, status="discard", val_bpb=1.01, description="wider mlp", model="gpt-x"),
@@ -77,7 +77,6 @@ def test_round_trip_through_the_file(tmp_path):
     assert back[0].val_bpb == 0.9979 and back[0].num_steps == 953 and back[0].wall_seconds == 330.2
     assert back[1].status == "discard" and back[1].model == "gpt-x"
     assert back[2].reason == "exit 1: RuntimeError: boom" and back[2].training_seconds is None
-    assert results.next_experiment() == 3
 
 
 def test_tabs_and_newlines_in_model_text_stay_on_one_row(tmp_path):
@@ -111,7 +110,6 @@ def test_torn_last_line_is_ignored_then_cut_before_the_next_append(tmp_path):
     torn = "\t".join(keep_row(2).to_fields())[:25]
     results.path.write_bytes(whole + torn.encode())  # as if killed mid-write
     assert [r.experiment for r in results.rows()] == [0, 1]
-    assert results.next_experiment() == 2
     results.append(keep_row(2, description="again"))
     assert results.path.read_bytes().startswith(whole)
     rows = results.rows()

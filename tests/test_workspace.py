@@ -93,7 +93,7 @@ def test_existing_branch_is_refused_with_a_resume_hint(lab):
 
 @pytest.mark.parametrize("tag", ["", "a b", "../up", "x..y", "-x", "x.lock", "a/b", "t~1", "ü", "x" * 65, "end."])
 def test_bad_tags_are_refused(lab, tag):
-    with pytest.raises(AutoresearchError, match="bad tag"):
+    with pytest.raises(AutoresearchError, match="bad --tag"):
         Workspace.create(lab, tag)
     assert not (lab / ".autoresearch").exists()
 

@@ -31,6 +31,8 @@ class Context:
     experiment: int
     profile: str  # "gpu" | "cpu"
     feedback: str | None = None  # on a fix attempt: why the last attempt crashed, with the log tail
+    best: dict | None = None  # the Ledger's best: commit, experiment, val_bpb (its mean), trials
+    noise: float | None = None  # the pooled run-to-run sigma of val_bpb, once measured
 
 
 @dataclass
@@ -67,6 +69,8 @@ class ProposerOptions:
     api_retries: int = 4  # SDK retries of one API call on 429 / 5xx / connection errors
     max_edit_retries: int = 3
     prices: dict | None = None  # model -> (USD per 1M input tokens, USD per 1M output tokens)
+    sampler: str = "tpe"  # the optuna proposer's sampler
+    run_dir: Path | None = None  # results/<tag>/: where a proposer keeps its own state
 
 
 class Proposer(Protocol):

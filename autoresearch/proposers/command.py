@@ -21,8 +21,6 @@ the output; the hypothesis from a `HYPOTHESIS:` line, else the description.
 """
 
 import os
-import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +29,11 @@ from autoresearch.edits import parse_reply
 from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
 from autoresearch.proposers.prompt import build_agent_prompt
-from autoresearch.runner import kill_marked
+from autoresearch.process import KILL_GRACE, Supervised, describe_exit
 
 # Set to the worktree in the agent's environment (inherited by what it starts), so a resumed
 # harness can stop an agent that a `kill -9` of the previous one left running.
 AGENT_MARKER = "AUTORESEARCH_AGENT_WORKTREE"
-KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the command's process group
 TAIL_CHARS = 4000  # of the command's output, in errors
 RAW_CHARS = 20_000  # of the command's output, kept in proposal.json
 
@@ -101,55 +98,23 @@ class CommandProposer:
         )
 
     def _run(self, workdir, env, prompt_file: Path, output_file: Path) -> tuple[int, float, bool]:
+        """Run the agent as a supervised process (process.py): whatever it started, also what
+        left its group with setsid, goes when it ends, times out, or the harness is interrupted."""
         start = time.monotonic()
         with open(prompt_file, "rb") as stdin, open(output_file, "wb") as out:
+            proc = Supervised(["/bin/sh", "-c", self.command], cwd=workdir, env=env, stdin=stdin, stdout=out,
+                              marker=(AGENT_MARKER, env[AGENT_MARKER]))
             try:
-                proc = subprocess.Popen(
-                    self.command,
-                    shell=True,
-                    cwd=workdir,
-                    env=env,
-                    stdin=stdin,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: we can kill all of it
-                )
+                proc.start()
             except OSError as err:
                 raise ProposerError(f"command could not start: {err.strerror}") from None
             try:
-                code = proc.wait(timeout=self.timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                kill_group(proc)
-                code, timed_out = proc.returncode, True
-            except BaseException:  # Ctrl-C or SIGTERM of the harness: the agent must not outlive it
-                kill_group(proc)
-                raise
-            finally:
-                # Children it left behind (a language server, a watcher) go too, also those that
-                # left its group with setsid: they carry the marker.
-                _signal_group(proc.pid, signal.SIGKILL)
-                kill_marked(AGENT_MARKER, env[AGENT_MARKER], grace=0)
-        return code, time.monotonic() - start, timed_out
-
-
-def kill_group(proc: subprocess.Popen, grace: float | None = None) -> None:
-    """SIGTERM the process group, wait `grace` seconds, then SIGKILL whatever is left."""
-    grace = KILL_GRACE if grace is None else grace
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    _signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+                timed_out = proc.wait(start + self.timeout)
+                if timed_out:
+                    proc.terminate(KILL_GRACE)
+            finally:  # also on Ctrl-C or SIGTERM of the harness: the agent must not outlive it
+                proc.stop(grace=0)
+        return proc.returncode, time.monotonic() - start, timed_out
 
 
 def parse_fields(output: str):
@@ -182,12 +147,7 @@ def _tail(output: str) -> str:
 
 
 def _exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"status {code}"
+    return describe_exit(code).replace("exit ", "status ").replace("killed by ", "signal ")
 
 
 REGISTRY["command"] = CommandProposer

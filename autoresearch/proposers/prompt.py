@@ -77,7 +77,7 @@ def _context_sections(ctx: Context) -> list[str]:
         _section("Lab contract (prepare.py, fixed)", ctx.lab_contract.strip() or "(none given)"),
         _section(
             f"History of this run ({len(ctx.history)} experiments; profile {ctx.profile})",
-            history_table(ctx.history),
+            history_table(ctx.history, ctx.best, ctx.noise),
         ),
     ]
     if ctx.feedback:
@@ -108,11 +108,12 @@ def _clip_tail(text: str, limit: int) -> str:
 # ---------------------------------------------------------------------------
 
 
-def history_table(rows: list[dict]) -> str:
-    """A compact table of every experiment so far: old rows shortened, recent ones in full."""
+def history_table(rows: list[dict], best: dict | None = None, noise: float | None = None) -> str:
+    """A compact table of every experiment so far (one entry each, val_bpb the mean over its
+    trials): old ones shortened, recent ones in full. `best` and `noise` are the Ledger's."""
     if not rows:
         return "No experiments yet: the baseline has not run."
-    lines = [_summary_line(rows)]
+    lines = [_summary_line(rows, best, noise)]
     recent = rows[-RECENT_ROWS:]
     old = rows[: len(rows) - len(recent)]
     if old:
@@ -139,18 +140,18 @@ def history_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _summary_line(rows: list[dict]) -> str:
+def _summary_line(rows: list[dict], best: dict | None, noise: float | None) -> str:
     counts = {s: sum(1 for r in rows if r.get("status") == s) for s in ("keep", "discard", "crash")}
-    scored = [(_float(r.get("val_bpb")), r) for r in rows if r.get("status") == "keep"]
-    scored = [(v, r) for v, r in scored if v]
     text = f"{counts['keep']} kept, {counts['discard']} discarded, {counts['crash']} crashed."
-    if scored:
-        baseline = scored[0][0]
-        best, best_row = min(scored, key=lambda x: x[0])
+    baseline = next((r for r in rows if r.get("status") == "keep"), None)
+    if baseline is not None and best and best.get("val_bpb") is not None:
         text += (
-            f" Baseline val_bpb {baseline:.6f}; best {best:.6f} "
-            f"(experiment {_cell(best_row.get('experiment'))}, commit {_cell(best_row.get('commit'))})."
+            f" Baseline val_bpb {_float(baseline.get('val_bpb')):.6f}; best {float(best['val_bpb']):.6f} "
+            f"(experiment {_cell(best.get('experiment'))}, commit {_cell(best.get('commit'))})."
         )
+    if noise:
+        text += (f" Run-to-run noise: sigma {noise:.6f}; a change is kept only when it beats the best by more "
+                 f"than the noise (a promising one is trained again to confirm).")
     return text
 
 
@@ -163,7 +164,8 @@ def _float(value) -> float:
 
 def _bpb(row: dict) -> str:
     value = _float(row.get("val_bpb"))
-    return f"{value:.6f}" if value else "-"
+    trials = row.get("trials") or 1
+    return (f"{value:.6f}" + (f" (mean of {trials})" if trials > 1 else "")) if value else "-"
 
 
 def _cell(value, limit: int = MAX_FIELD) -> str:

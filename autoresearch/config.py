@@ -1,0 +1,85 @@
+"""A run's settings, resolved once: the CLI's options become one RunConfig here, checked here.
+
+Also the two lists every other module shares: the lab's variables (passed to training, kept out
+of the credential filter) and the tag rule.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.keep_rule import MIN_DELTA, RULES
+from autoresearch.proposers.base import ProposerOptions
+
+# The lab's settings (docs/architecture.md). Passed through to training; the credential filter
+# would otherwise drop AUTORESEARCH_EVAL_TOKENS for its TOKEN.
+LAB_VARIABLES = ("AUTORESEARCH_PROFILE", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_CACHE",
+                 "AUTORESEARCH_SOURCE", "AUTORESEARCH_EVAL_TOKENS", "AUTORESEARCH_SEED")
+PROFILES = ("gpu", "cpu")
+SEED = 42  # train.py's default seed; trial k of an experiment trains with SEED + k - 1
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # and no "..", no ".lock"/"." ending
+
+
+def bad_tag(tag: str) -> AutoresearchError:
+    return AutoresearchError(
+        f"bad --tag {tag!r}: use letters, digits, '.', '_' and '-' (e.g. mar5), starting with a letter or digit"
+    )
+
+
+def check_tag(tag: str) -> str:
+    """The tag, or a one-line error; the branch is autoresearch/<tag>."""
+    if not TAG.match(tag) or ".." in tag or tag.endswith((".lock", ".")):
+        raise bad_tag(tag)
+    return tag
+
+
+@dataclass
+class RunConfig:
+    repo_root: Path
+    tag: str
+    resume: bool = False
+    proposer: str = "hparam"
+    options: ProposerOptions = field(default_factory=ProposerOptions)
+    max_experiments: int | None = None  # experiments (baseline included), not trials
+    max_hours: float | None = None  # wall clock of this invocation
+    max_cost: float | None = None  # USD: rows' cost plus failed proposals' cost
+    profile: str | None = None  # passed to the lab as AUTORESEARCH_PROFILE
+    time_budget: float | None = None  # passed to the lab as AUTORESEARCH_TIME_BUDGET
+    timeout: float | None = None  # hard limit per training run; default budget + max(budget, 120)
+    keep_rule: str = "noise"  # keep_rule.RULES
+    baseline_repeats: int = 2  # trials of the unmodified baseline (the first noise estimate)
+    min_delta: float = MIN_DELTA  # the smallest val_bpb gain worth a keep
+    max_fix_attempts: int = 2
+    max_consecutive_proposer_failures: int = 5
+    pause_seconds: float = 60.0  # first pause after too many proposer failures in a row
+    pause_max_seconds: float = 3600.0  # pauses double up to this
+    training_command: list[str] | None = None  # default: python train.py (the runner's)
+    extra_env: dict[str, str] = field(default_factory=dict)  # more lab variables for training
+
+    def __post_init__(self):
+        check_tag(self.tag)
+        if self.profile not in (None, *PROFILES):
+            raise AutoresearchError(f"bad --profile {self.profile!r}: use {' or '.join(PROFILES)}")
+        if self.keep_rule not in RULES:
+            raise AutoresearchError(f"bad --keep-rule {self.keep_rule!r}: use {' or '.join(RULES)}")
+        if self.baseline_repeats < 1:
+            raise AutoresearchError(f"bad --baseline-repeats {self.baseline_repeats}: train the baseline at least once")
+        if self.min_delta < 0:
+            raise AutoresearchError(f"bad --min-delta {self.min_delta:g}: a gain, 0 or more")
+        self.repo_root = Path(self.repo_root)
+        if self.options.run_dir is None:
+            self.options.run_dir = self.repo_root / "results" / self.tag
+
+
+def from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", model: str | None = None,
+             base_url: str | None = None, command: str | None = None, seed: int = 0,
+             sampler: str = "tpe", **settings) -> RunConfig:
+    """`autoresearch run`'s options as a RunConfig: the proposer's go to ProposerOptions, the
+    rest are RunConfig fields of the same name."""
+    from autoresearch.lab import find_lab
+
+    check_tag(tag)
+    root = find_lab(Path(repo or Path.cwd()).resolve())
+    options = ProposerOptions(model=model, base_url=base_url, command=command, seed=seed, sampler=sampler)
+    return RunConfig(repo_root=root, tag=tag, proposer=proposer, options=options, **settings)
