@@ -19,6 +19,7 @@ T_START = time.time()  # taken before importing torch so that startup_seconds in
 import contextlib
 import gc
 import math
+import os
 import re
 import resource
 import sys
@@ -356,7 +357,9 @@ POLAR_STEPS = 5            # Polar Express iterations (at most 5 coefficient set
 WARMUP_RATIO = 0.0         # fraction of the budget for linear LR warmup (Muon rarely needs one)
 WARMDOWN_RATIO = 0.5       # fraction of the budget at the end for linear LR decay: most of the final gain
 FINAL_LR_FRAC = 0.0        # LR multiplier at the end of the warmdown
-SEED = 42                  # same init and data order every run, so differences come from the edit
+# The harness sets AUTORESEARCH_SEED per trial (42 for a first trial, 43 for its repeat, ...): a
+# repeat then measures run-to-run noise instead of replaying one run. Not a hyperparameter.
+SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))
 
 # Model and batch size (per profile; the other profile's block is ignored)
 if PROFILE == "gpu":
