@@ -14,6 +14,8 @@ set -euo pipefail
 
 args=(
   -p                                     # print mode: answer once and exit, no TUI
+  --output-format json                   # one final JSON result: text, tokens, total_cost_usd
+  --no-session-persistence               # no transcript on disk per call (a night makes hundreds)
   --permission-mode dontAsk              # never wait for approval: deny whatever is not allowed below
   --tools "Read,Edit"                    # the only built-in tools it gets
   --max-turns "${CLAUDE_MAX_TURNS:-30}"  # stop a runaway session
@@ -25,6 +27,6 @@ fi
 # shellcheck disable=SC2206  # word splitting of the extra args is the point
 args+=(${CLAUDE_EXTRA_ARGS:-})
 
-# The prompt goes on stdin; its last lines ask for HYPOTHESIS:/DESCRIPTION: lines, which
-# autoresearch reads from this output.
+# The prompt goes on stdin; its last lines ask for HYPOTHESIS:/DESCRIPTION: lines. They end up
+# in the JSON result's "result" field, where autoresearch reads them, and its cost and tokens.
 exec claude "${args[@]}" < "$AUTORESEARCH_PROMPT_FILE"

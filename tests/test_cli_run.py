@@ -76,6 +76,21 @@ def test_run_logs_plain_lines_and_exits_0_when_the_limit_is_reached(lab, tmp_pat
     assert_clean_at_best(lab)
 
 
+def test_an_agents_reported_cost_reaches_results_and_a_failed_ones_counts_towards_max_cost(lab, tmp_path):
+    steps = [{"exit": 1, "claude_cost": 0.3}, {"VAL": 0.99, "claude_cost": 0.25}, {"VAL": 0.98, "claude_cost": 0.25}]
+    done = subprocess.run(command("--proposer", "command", "--command", AGENT, "--max-cost", "0.5"),
+                          cwd=lab, env=agent_env(tmp_path, steps), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--max-cost 0.5" in done.stdout.splitlines()[-1]
+    agent_rows = [r for r in rows(lab) if r.proposer == "command"]
+    assert len(agent_rows) == 1  # 0.3 (failed) + 0.25 reaches the limit: the third step never runs
+    assert float(agent_rows[0].cost_usd) == pytest.approx(0.25)
+    assert int(agent_rows[0].input_tokens) == 12 + 3000 + 20000 and int(agent_rows[0].output_tokens) == 800
+    assert agent_rows[0].description == "set VAL 0.99"
+    assert agent_rows[0].hypothesis == "VAL 0.99 should help"  # read from inside the JSON result
+    assert RunState.load(lab / "results/t/run.json")["proposal_cost_usd"] == pytest.approx(0.3)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

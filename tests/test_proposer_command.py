@@ -200,47 +200,124 @@ def test_missing_command_is_a_boundary_error():
 
 
 # ---------------------------------------------------------------------------
-# harness/ scripts, run against stand-in `claude` and `codex` executables
+# Agents' tokens and cost, from stand-in `claude` / `codex` CLIs (tests/fake_agent_cli.py)
 # ---------------------------------------------------------------------------
 
-STAND_IN = """#!/usr/bin/env python3
-import json, os, pathlib, sys
-args = sys.argv[1:]
-prompt = sys.stdin.read()
-pathlib.Path(os.environ["STAND_IN_LOG"]).write_text(json.dumps({"args": args, "stdin": prompt}))
-p = pathlib.Path("train.py")
-p.write_text(p.read_text().replace("0.04", "0.045"))
-print("Done.\\nHYPOTHESIS: slightly higher LR\\nDESCRIPTION: MATRIX_LR 0.04 -> 0.045")
-"""
+FAKE_CLI = REPO_ROOT / "tests" / "fake_agent_cli.py"
+CLAUDE_COST = 0.1841235  # what the fake Claude's ok result reports
+
+
+def fake_cli(monkeypatch, agent: str, scenario: str = "ok") -> str:
+    monkeypatch.setenv("FAKE_AGENT", agent)
+    monkeypatch.setenv("FAKE_AGENT_SCENARIO", scenario)
+    return f"{PY} {FAKE_CLI}"
+
+
+def test_claude_json_result_gives_the_proposal_its_cost_tokens_and_fields(workdir, monkeypatch):
+    proposal = command(fake_cli(monkeypatch, "claude")).propose(ctx(workdir))
+    assert proposal.usage.cost_usd == pytest.approx(CLAUDE_COST)
+    assert proposal.usage.input_tokens == 14 + 18342 + 96120 and proposal.usage.cached_input_tokens == 96120
+    assert proposal.usage.output_tokens == 1873
+    assert proposal.description == "MATRIX_LR 0.04 -> 0.045"
+    assert proposal.hypothesis == "a slightly higher Muon LR converges faster within the 5-minute budget"
+    assert '"total_cost_usd": 0.1841235' in proposal.raw  # the report itself is kept in the record
+
+
+@pytest.mark.parametrize("scenario, cost, words", [("error", 0.4123, "error_max_turns"), ("api_error", 0.0213, "an error result")])
+def test_a_failed_claude_run_carries_its_cost_in_the_error(scenario, cost, words, workdir, monkeypatch):
+    with pytest.raises(ProposerError, match="command exited with status 1") as err:
+        command(fake_cli(monkeypatch, "claude", scenario)).propose(ctx(workdir))
+    assert err.value.usage.cost_usd == pytest.approx(cost)
+    assert err.value.usage.output_tokens == 1873 and words in err.value.usage.note
+
+
+def test_codex_events_are_priced_by_the_model_and_give_the_fields(workdir, monkeypatch):
+    proposal = command(fake_cli(monkeypatch, "codex"), model="gpt-5.3-codex").propose(ctx(workdir))
+    usage = proposal.usage
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (48211, 40960, 2210)
+    assert usage.cost_usd == pytest.approx(((48211 - 40960) * 1.75 + 40960 * 0.175 + 2210 * 14) / 1e6)
+    assert proposal.description == "MATRIX_LR 0.04 -> 0.045"  # the agent message, not a command's output
+    assert proposal.hypothesis.startswith("a slightly higher Muon LR")
+
+
+def test_codex_without_a_model_records_tokens_at_cost_0_and_says_so(workdir, monkeypatch):
+    proposal = command(fake_cli(monkeypatch, "codex")).propose(ctx(workdir))
+    assert proposal.usage.input_tokens == 48211 and proposal.usage.cost_usd == 0
+    assert "pass --model" in proposal.usage.note
+
+
+def test_a_failed_codex_turn_is_an_error_whose_usage_says_the_cost_is_unknown(workdir, monkeypatch):
+    with pytest.raises(ProposerError, match="status 1") as err:
+        command(fake_cli(monkeypatch, "codex", "error"), model="gpt-5.5").propose(ctx(workdir))
+    assert err.value.usage.cost_usd == 0 and "stream disconnected" in err.value.usage.note
+    assert "turn.failed" in err.value.raw
 
 
 @pytest.mark.parametrize("agent", ["claude", "codex"])
-def test_harness_script_passes_prompt_and_flags_to_the_agent(agent, workdir, tmp_path, monkeypatch):
+def test_a_timed_out_agent_reports_no_usage_and_the_error_says_so(agent, workdir, monkeypatch):
+    monkeypatch.setattr(command_module, "KILL_GRACE", 0.5)
+    with pytest.raises(ProposerError, match="timed out") as err:
+        command(fake_cli(monkeypatch, agent, "hang"), timeout=2, model="gpt-5.5").propose(ctx(workdir))
+    assert err.value.usage.cost_usd == 0 and err.value.usage.input_tokens == 0
+    expected = "stopped or crashed" if agent == "codex" else "no token usage"
+    assert expected in err.value.usage.note
+
+
+def test_garbage_output_still_gives_a_proposal_with_its_plain_lines(workdir, monkeypatch):
+    proposal = command(fake_cli(monkeypatch, "claude", "garbage")).propose(ctx(workdir))
+    assert proposal.description == "survived the garbage" and proposal.usage.cost_usd == 0
+    assert "no token usage" in proposal.usage.note
+
+
+# ---------------------------------------------------------------------------
+# harness/ scripts, run against the stand-in CLIs put on PATH as `claude` and `codex`
+# ---------------------------------------------------------------------------
+
+CLAUDE_ARGS = ["-p", "--output-format", "json", "--no-session-persistence", "--permission-mode", "dontAsk",
+               "--tools", "Read,Edit", "--max-turns", "30", "--allowedTools", "Read", "Edit(./train.py)"]
+CODEX_ARGS = ["exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check", "--ephemeral",
+              "--color", "never"]
+
+
+def on_path(agent: str, tmp_path, monkeypatch) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stand_in = bin_dir / agent
-    stand_in.write_text(STAND_IN.replace("python3", sys.executable, 1))
+    stand_in.write_text(f'#!/bin/sh\nFAKE_AGENT={agent} exec {PY} {FAKE_CLI} "$@"\n')
     stand_in.chmod(0o755)
     log = tmp_path / "log.json"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("STAND_IN_LOG", str(log))
-    script = REPO_ROOT / "harness" / f"{agent}.sh"
-    proposal = command(str(script), model="a-model").propose(ctx(workdir))
-    assert proposal.description == "MATRIX_LR 0.04 -> 0.045"
-    assert proposal.hypothesis == "slightly higher LR"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(log))
+    monkeypatch.setenv("FAKE_AGENT_SCENARIO", "ok")
+    return log
+
+
+def test_claude_sh_calls_claude_with_exactly_these_flags(workdir, tmp_path, monkeypatch):
+    log = on_path("claude", tmp_path, monkeypatch)
+    monkeypatch.setenv("CLAUDE_EXTRA_ARGS", "--max-budget-usd 2")
+    proposal = command(str(REPO_ROOT / "harness" / "claude.sh"), model="claude-opus-4-6").propose(ctx(workdir))
     seen = json.loads(log.read_text())
+    assert seen["args"] == CLAUDE_ARGS + ["--model", "claude-opus-4-6", "--max-budget-usd", "2"]
     assert seen["stdin"] == proposal.prompt
-    args = seen["args"]
-    assert args[args.index("--model") + 1] == "a-model"
-    if agent == "claude":
-        assert args[0] == "-p"
-        assert args[args.index("--permission-mode") + 1] == "dontAsk"
-        assert args[args.index("--tools") + 1] == "Read,Edit"
-        assert "Edit(./train.py)" in args and "Bash" not in " ".join(args)
-    else:
-        assert args[0] == "exec" and args[-1] == "-"
-        assert args[args.index("--sandbox") + 1] == "workspace-write"
-        assert "--ephemeral" in args and "--full-auto" not in args
+    assert proposal.description == "MATRIX_LR 0.04 -> 0.045"
+    assert proposal.usage.cost_usd == pytest.approx(CLAUDE_COST)
+
+
+def test_codex_sh_calls_codex_with_exactly_these_flags(workdir, tmp_path, monkeypatch):
+    log = on_path("codex", tmp_path, monkeypatch)
+    proposal = command(str(REPO_ROOT / "harness" / "codex.sh"), model="gpt-5.5").propose(ctx(workdir))
+    seen = json.loads(log.read_text())
+    assert seen["args"] == CODEX_ARGS + ["--model", "gpt-5.5", "-"]
+    assert seen["stdin"] == proposal.prompt
+    assert proposal.hypothesis == "a slightly higher Muon LR converges faster within the 5-minute budget"
+    assert proposal.usage.cost_usd == pytest.approx(((48211 - 40960) * 5 + 40960 * 0.5 + 2210 * 30) / 1e6)
+
+
+@pytest.mark.parametrize("agent, expected", [("claude", CLAUDE_ARGS), ("codex", CODEX_ARGS + ["-"])])
+def test_harness_scripts_pass_no_model_flag_without_model(agent, expected, workdir, tmp_path, monkeypatch):
+    log = on_path(agent, tmp_path, monkeypatch)
+    command(str(REPO_ROOT / "harness" / f"{agent}.sh")).propose(ctx(workdir))
+    assert json.loads(log.read_text())["args"] == expected
 
 
 def test_harness_script_refuses_to_run_outside_autoresearch():

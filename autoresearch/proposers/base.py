@@ -7,15 +7,20 @@ from typing import Callable, Protocol
 
 @dataclass
 class Usage:
-    input_tokens: int = 0
+    input_tokens: int = 0  # all input tokens, cached ones included
     output_tokens: int = 0
     cost_usd: float = 0.0
+    cached_input_tokens: int = 0  # the part of input_tokens read from a prompt cache (cheaper)
+    note: str = ""  # why the cost is missing or estimated, e.g. "no price for model 'x'"
 
     def __add__(self, other: "Usage") -> "Usage":
+        notes = [n for n in (self.note, other.note) if n]
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.cost_usd + other.cost_usd,
+            self.cached_input_tokens + other.cached_input_tokens,
+            "; ".join(dict.fromkeys(notes)),  # the same note twice says nothing new
         )
 
 

@@ -18,6 +18,11 @@ and any process that left the group but still carries AUTORESEARCH_AGENT_WORKTRE
 non-zero exit, or train.py left unchanged is a ProposerError carrying the tail of CMD's output. Otherwise the new train.py is read back (and
 left in place); the description comes from the description file, else a `DESCRIPTION:` line of
 the output; the hypothesis from a `HYPOTHESIS:` line, else the description.
+
+Tokens and cost come from the agent's machine-readable report in the output (Claude Code's
+`--output-format json` result, Codex's `--json` events; see agent_usage.py), on success and on
+failure alike: a failed proposal's cost rides on the ProposerError, so --max-cost counts it. The
+HYPOTHESIS:/DESCRIPTION: lines are then looked for in the agent's text inside that report.
 """
 
 import os
@@ -27,7 +32,9 @@ from pathlib import Path
 
 from autoresearch.edits import parse_reply
 from autoresearch.errors import AutoresearchError
+from autoresearch.proposers.agent_usage import usage_from_output
 from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
+from autoresearch.proposers.pricing import PriceTable
 from autoresearch.proposers.prompt import build_agent_prompt
 from autoresearch.process import KILL_GRACE, Supervised, describe_exit
 
@@ -48,6 +55,7 @@ class CommandProposer:
         self.command = options.command
         self.timeout = options.timeout
         self.model = options.model or ""
+        self.prices = PriceTable(options.prices)  # Codex reports tokens only: priced by --model
 
     def propose(self, ctx: Context) -> Proposal:
         train = Path(ctx.workdir) / "train.py"
@@ -74,27 +82,29 @@ class CommandProposer:
             output = output_file.read_text(errors="replace")
             description_text = description_file.read_text(errors="replace") if description_file.exists() else ""
 
-        tail = _tail(output)
+        usage, agent_text = usage_from_output(output, self.model, self.prices)
+        tail, raw = _tail(output), output[-RAW_CHARS:]
         if timed_out:
-            raise ProposerError(f"command timed out after {self.timeout:g}s (process group killed){tail}", raw=output[-RAW_CHARS:])
+            raise ProposerError(f"command timed out after {self.timeout:g}s (process group killed){tail}", usage, raw)
         if code != 0:
-            raise ProposerError(f"command exited with {_exit_text(code)} after {seconds:.0f}s{tail}", raw=output[-RAW_CHARS:])
+            raise ProposerError(f"command exited with {_exit_text(code)} after {seconds:.0f}s{tail}", usage, raw)
         try:
             after = train.read_text()
         except OSError:
-            raise ProposerError(f"command removed train.py{tail}", raw=output[-RAW_CHARS:]) from None
+            raise ProposerError(f"command removed train.py{tail}", usage, raw) from None
         if after == before:
-            raise ProposerError(f"command left train.py unchanged{tail}", raw=output[-RAW_CHARS:])
+            raise ProposerError(f"command left train.py unchanged{tail}", usage, raw)
 
-        fields = parse_fields(output)
+        fields = parse_fields(agent_text)
         description = _first_line(description_text) or fields.description or "edit by external command"
         return Proposal(
             hypothesis=fields.hypothesis or description,
             description=description,
             train_py=after,
             model=self.model,
+            usage=usage,
             prompt=prompt,
-            raw=output[-RAW_CHARS:],
+            raw=raw,
         )
 
     def _run(self, workdir, env, prompt_file: Path, output_file: Path) -> tuple[int, float, bool]:

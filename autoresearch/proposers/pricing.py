@@ -9,6 +9,11 @@ file named by the environment variable AUTORESEARCH_PRICES:
 Lookup: the options first, then the file, then the table; each by exact name, then as a dated
 snapshot of a known name ("claude-sonnet-4-5-20250929" -> "claude-sonnet-4-5"), ignoring a
 provider prefix such as "openai/" (OpenRouter). An unknown model costs 0; its tokens are still counted.
+
+Cached input (a coding agent re-reads the same long context every turn, so most of its input is
+cached) is charged at the model family's cached share of the input price: 10% for GPT-5 and
+Claude models, 25% for GPT-4.1, 50% for GPT-4o. A model of no known family pays the full input
+price for cached tokens, an upper bound.
 """
 
 import json
@@ -34,6 +39,18 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-5-mini": (0.25, 2.0),
     "gpt-5-nano": (0.05, 0.40),
     "gpt-5.1": (1.25, 10.0),
+    # Codex models (what `codex exec -m` takes). gpt-5-codex: its page on developers.openai.com;
+    # gpt-5.2/5.3-codex: the OpenAI Codex rate card (credits at 25 per USD) and GitHub's
+    # Copilot model price table, which agree; gpt-5.1-codex*: OpenAI's pricing page as reported
+    # in November 2026. gpt-5.3-codex-spark (a research preview) has no API price: not listed.
+    "gpt-5.3-codex": (1.75, 14.0),
+    "gpt-5.2-codex": (1.75, 14.0),
+    "gpt-5.2": (1.75, 14.0),
+    "gpt-5.1-codex-max": (1.25, 10.0),
+    "gpt-5.1-codex": (1.25, 10.0),
+    "gpt-5.1-codex-mini": (0.25, 2.0),
+    "gpt-5-codex": (1.25, 10.0),
+    "codex-mini-latest": (1.50, 6.0),
     "gpt-4.1": (2.0, 8.0),
     "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4o": (2.50, 10.0),
@@ -50,6 +67,23 @@ PRICES: dict[str, tuple[float, float]] = {
     "claude-sonnet-4": (3.0, 15.0),
     "claude-haiku-4-5": (1.0, 5.0),
 }
+
+# Share of the input price charged for a cached input token, by model-name prefix (first match).
+CACHED_INPUT_SHARE: list[tuple[str, float]] = [
+    ("gpt-5", 0.1),
+    ("codex-mini", 0.25),
+    ("gpt-4.1", 0.25),
+    ("gpt-4o", 0.5),
+    ("claude-", 0.1),  # cache reads; cache writes cost more, and are charged as plain input here
+]
+
+
+def cached_share(model: str) -> float:
+    name = model.rsplit("/", 1)[-1]
+    for prefix, share in CACHED_INPUT_SHARE:
+        if name.startswith(prefix):
+            return share
+    return 1.0
 
 
 def load_prices_file(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
@@ -109,8 +143,11 @@ class PriceTable:
                     return table[m.group(1)]
         return None
 
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
+    def cost(self, model: str, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+        """USD; `cached_input_tokens` are the part of `input_tokens` read from a prompt cache."""
         price = self.lookup(model)
         if price is None:
             return 0.0
-        return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+        cached = min(max(cached_input_tokens, 0), input_tokens)
+        fresh = input_tokens - cached
+        return (fresh * price[0] + cached * price[0] * cached_share(model) + output_tokens * price[1]) / 1_000_000
