@@ -194,3 +194,27 @@ def test_a_fix_request_is_refused_and_nothing_is_asked(tmp_path):
     with pytest.raises(ProposerError, match="cannot fix"):
         p.propose(ctx(1, [BASELINE], feedback="exit 1: boom"))
     assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'night' / 'optuna.db'}") == []
+
+
+def test_the_real_loop_tells_every_row_to_the_study_and_a_resume_continues_it(tmp_repo):
+    from autoresearch.loop import RunConfig, run
+    from autoresearch.results import ResultsFile
+    from standin import make_lab
+
+    lab = make_lab(tmp_repo)  # stand-in train.py: VAL (a float) is the val_bpb it reports
+    run_dir = lab / "results" / "t"
+    options = ProposerOptions(seed=0, run_dir=run_dir)
+    values = dict(repo_root=lab, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01,
+                  proposer="optuna", options=options)
+    from test_loop import RecordingView
+
+    assert run(RunConfig(max_experiments=3, **values), view=RecordingView()).rows == 3
+    assert run(RunConfig(max_experiments=5, resume=True, **values), view=RecordingView()).rows == 5
+    got = ResultsFile(run_dir / "results.tsv").rows()
+    assert [r.proposer for r in got] == ["baseline"] + ["optuna"] * 4
+    assert all(r.description.startswith("optuna tpe trial ") and "VAL 1.0 -> " in r.description for r in got[1:2])
+    told = {t.user_attrs["experiment"]: t for t in trials(run_dir) if t.state.is_finished()}
+    assert sorted(told) == [0, 1, 2, 3]  # experiment 4 is told when experiment 5 is asked for
+    for r in got[:4]:
+        assert told[r.experiment].value == pytest.approx(r.val_bpb, abs=1e-6)
+        assert told[r.experiment].user_attrs["status"] == r.status
