@@ -165,3 +165,12 @@ def test_doctor_command_prints_a_table_and_exits_1_on_a_failure(lab_cache, tmp_p
     assert "autoresearch prepare --profile cpu --source stdlib" in bad.stdout and "Traceback" not in bad.stderr
     odd = doctor("--profile", "tpu", cache=tmp_path)
     assert odd.returncode == 1 and odd.stderr.strip() == "error: bad --profile 'tpu': use gpu or cpu"
+
+
+def test_a_lab_without_our_profiles_table_is_not_data_checked(tmp_repo):
+    from standin import make_lab
+
+    lab = make_lab(tmp_repo)  # the loop tests' stand-in: a stub prepare.py
+    c = check_data(lab, "cpu", {})
+    assert c.ok and c.detail.startswith("not checked:")
+    assert [c.ok for c in preflight(lab, "cpu", "hparam", env={})] == [True] * 4
