@@ -84,8 +84,10 @@ def log_line(name: str, status: str, log: Path) -> list[str]:
     text = log.read_text(errors="replace") if log.is_file() else ""
     s = parse_summary(text)
     steps = [(int(a), int(b) / 1000) for a, b in STEP.findall(text)]
-    # compile (GPU) / warm-up (CPU): how much longer the first step took than a typical later one
-    compile_s = steps[0][1] - statistics.median(dt for _, dt in steps[1:]) if len(steps) > 1 else None
+    # compile time: how much longer the first step took than a typical later one (CUDA only: on
+    # the CPU nothing is compiled and the difference is noise)
+    on_cuda = str(s.get("device", "")).startswith("cuda")
+    compile_s = steps[0][1] - statistics.median(dt for _, dt in steps[1:]) if on_cuda and len(steps) > 1 else None
     ev = EVAL.search(text)
 
     def num(key, fmt, scale=1.0):
