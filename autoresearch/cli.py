@@ -133,3 +133,41 @@ def status(
 
     with user_errors():
         run_status(root, as_json)
+
+
+# ---------------------------------------------------------------------------
+# doctor
+# ---------------------------------------------------------------------------
+
+
+@app.command()
+def doctor(
+    proposer: str = typer.Option("hparam", "--proposer", help="The proposer to check: hparam, optuna, openai, anthropic or command."),
+    model: str = typer.Option(None, "--model", help="Model name for openai / anthropic (checked against the API)."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint; else OPENAI_BASE_URL."),
+    command: str = typer.Option(None, "--command", help="For --proposer command: the agent command."),
+    sampler: str = typer.Option("tpe", "--sampler", help="For --proposer optuna: tpe, cmaes or random."),
+    profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
+    repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
+):
+    """Check before a night: data prepared, GPU visible, disk space, the proposer's key or agent."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from autoresearch.doctor import run_checks
+    from autoresearch.lab import detect_profile, find_lab
+    from autoresearch.proposers import ProposerOptions
+
+    with user_errors():
+        if profile not in (None, "gpu", "cpu"):
+            raise AutoresearchError(f"bad --profile {profile!r}: use gpu or cpu")
+        root = find_lab(Path(repo or Path.cwd()).resolve())
+        options = ProposerOptions(model=model, base_url=base_url, command=command, sampler=sampler)
+        checks = run_checks(root, profile or detect_profile(), proposer, options)
+    table = Table(title=f"autoresearch doctor ({root})", title_justify="left")
+    for column in ("check", "", "what was seen", "fix"):
+        table.add_column(column, overflow="fold")
+    for c in checks:
+        table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail, c.fix)
+    Console().print(table)
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)

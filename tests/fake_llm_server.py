@@ -8,7 +8,8 @@ Tests point the real SDKs at it (base_url) and script its replies:
         server.requests  # what the SDK sent: path, headers, parsed JSON body
 
 A scripted item is rendered for whichever endpoint asked: `reply` becomes a chat.completion or a
-message with content blocks and usage. When the script runs out the server answers 500 with
+message with content blocks and usage; `models("a", "b")` answers GET /v1/models (OpenAI's list) or
+GET /v1/models/{id} (Anthropic's model object, 404 for an id not among them). When the script runs out the server answers 500 with
 `x-should-retry: false`, so a test that asks too often fails fast instead of hanging.
 """
 
@@ -46,6 +47,11 @@ def status(code: int, message: str = "scripted error", retry_after_ms: int | Non
 def raw(body: bytes, code: int = 200, content_type: str = "application/json") -> Scripted:
     """Any body at all, e.g. malformed JSON."""
     return Scripted("raw", code=code, body=body, headers={"content-type": content_type})
+
+
+def models(*ids: str) -> Scripted:
+    """The models a GET /v1/models or /v1/models/{id} sees."""
+    return Scripted("models", text="\n".join(ids))
 
 
 def slow(seconds: float, text: str = "too late") -> Scripted:
@@ -111,6 +117,16 @@ class FakeLLMServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
+            def do_GET(self):
+                with server._lock:
+                    server.requests.append(Request(self.path, {k.lower(): v for k, v in self.headers.items()}, None, b""))
+                item = server._next()
+                if item.kind == "models":
+                    code, payload = _render_models(self.path, item.text.split("\n") if item.text else [])
+                    self._send(code, json.dumps(payload).encode(), {"content-type": "application/json"})
+                else:
+                    self._send(item.code, item.body, {"content-type": "application/json", **item.headers})
+
             def do_POST(self):
                 length = int(self.headers.get("content-length", 0))
                 data = self.rfile.read(length)
@@ -139,6 +155,16 @@ class FakeLLMServer:
                 self.wfile.write(payload)
 
         return Handler
+
+
+def _render_models(path: str, ids: list[str]) -> tuple[int, dict]:
+    path = path.split("?", 1)[0].rstrip("/")
+    if path.endswith("/models"):
+        return 200, {"object": "list", "data": [{"id": i, "object": "model", "created": 1700000000, "owned_by": "fake"} for i in ids]}
+    wanted = path.rsplit("/", 1)[1]
+    if wanted not in ids:
+        return 404, {"type": "error", "error": {"type": "not_found_error", "message": f"model: {wanted}"}}
+    return 200, {"type": "model", "id": wanted, "display_name": wanted, "created_at": "2026-01-01T00:00:00Z"}
 
 
 def _render(path: str, request: dict, item: Scripted) -> dict:

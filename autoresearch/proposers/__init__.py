@@ -6,7 +6,7 @@ only when a backend is built.
 """
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.proposers import anthropic_backend, command, hparam, openai_backend  # noqa: F401  (register)
+from autoresearch.proposers import anthropic_backend, command, hparam, openai_backend, optuna_backend  # noqa: F401  (register)
 from autoresearch.proposers.base import (
     REGISTRY,
     Context,

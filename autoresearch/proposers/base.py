@@ -74,8 +74,8 @@ class ProposerOptions:
     api_retries: int = 4  # SDK retries of one API call on 429 / 5xx / connection errors
     max_edit_retries: int = 3
     prices: dict | None = None  # model -> (USD per 1M input tokens, USD per 1M output tokens)
-    sampler: str = "tpe"  # the optuna proposer's sampler
-    run_dir: Path | None = None  # results/<tag>/: where a proposer keeps its own state
+    sampler: str = "tpe"  # --proposer optuna: tpe | cmaes | random
+    run_dir: Path | None = None  # results/<tag>/: where a proposer keeps state across resumes (optuna.db)
 
 
 class Proposer(Protocol):
