@@ -18,6 +18,8 @@ CUDA is available and `cpu` otherwise. Everything lives under $AUTORESEARCH_CACH
     <source>/data/*.parquet     documents in a `text` column; val.parquet is the pinned validation shard
     <source>/tokenizer/         tokenizer.pkl (tiktoken Encoding), token_bytes.pt, meta.json
     <source>/tokens/*.npy       every shard tokenized once (uint16; each document starts with BOS)
+    <source>/heldout/           heldout.parquet and heldout.npy: a split train.py never reads (the audit's)
+    <source>/manifest.json      size, mtime_ns and sha256 of every file above, written last
 
 Running it again only redoes what is missing or stale.
 """
@@ -109,17 +111,25 @@ DATA_DIR = CACHE_DIR / SOURCE / "data"
 TOKENIZER_DIR = CACHE_DIR / SOURCE / "tokenizer"
 TOKENS_DIR = CACHE_DIR / SOURCE / "tokens"
 VAL_FILENAME = "val.parquet"  # in every source's data folder: the pinned validation shard
+# The held-out split lives in its own folder so that no glob of data/ or tokens/ (training reads every
+# shard but val) can reach it, and a sandbox can hide it by masking one directory.
+HELDOUT_DIR = CACHE_DIR / SOURCE / "heldout"
+HELDOUT_FILENAME = "heldout.parquet"
+MANIFEST_FILENAME = "manifest.json"
 
 HF_BASE_URL = os.environ.get("AUTORESEARCH_HF_BASE_URL", "https://huggingface.co/datasets").rstrip("/")
 CLIMBMIX_REPO = "karpathy/climbmix-400b-shuffle"
 CLIMBMIX_VAL_SHARD = 6542  # the hub's last shard, shard_06542.parquet; saved as data/val.parquet
+CLIMBMIX_HELDOUT_SHARD = 6541  # the one before it, never a training shard; saved as heldout/heldout.parquet
 TINYSTORIES_REPO = "karpathy/tinystories-gpt4-clean"
 TINYSTORIES_FILE = "tinystories_gpt4_clean.parquet"  # one ~640 MB file; we shard it after download
-TINYSTORIES_VAL_ROWS = 10_000  # its first rows become the pinned validation shard
+TINYSTORIES_VAL_ROWS = 10_000  # its first rows become the pinned validation shard...
+TINYSTORIES_HELDOUT_ROWS = 10_000  # ...and the next ones the held-out split; training gets the rest
 DOWNLOAD_ATTEMPTS = 5
 RETRY_BACKOFF = 1.0  # seconds before the second attempt, doubled after each failure
 
-LOCAL_VAL_FRACTION = 0.1  # local sources: share of documents held out for validation
+LOCAL_VAL_FRACTION = 0.1  # local sources: share of documents held out for validation...
+LOCAL_HELDOUT_FRACTION = 0.1  # ...and the same share again for the held-out split
 LOCAL_DOC_CHARS = 1000  # local text files are cut at blank lines into documents of about this size
 SHARD_DOCS = 100_000  # documents per parquet shard we write ourselves
 TOKENIZER_MAX_CHARS = 1_000_000_000  # the tokenizer trains on at most this many characters...
@@ -224,31 +234,38 @@ def download_all(items, workers):
 
 def fetch_climbmix(root, num_shards, workers):
     """Upstream's data: training shards 0..num_shards-1 and the pinned validation shard."""
-    data = root / "data"
+    data, heldout = root / "data", root / "heldout"
     data.mkdir(parents=True, exist_ok=True)
-    num_train = CLIMBMIX_VAL_SHARD if num_shards == -1 else min(num_shards, CLIMBMIX_VAL_SHARD)
-    items = [(hf_url(CLIMBMIX_REPO, f"shard_{CLIMBMIX_VAL_SHARD:05d}.parquet"), data / VAL_FILENAME)]
+    heldout.mkdir(parents=True, exist_ok=True)
+    num_train = CLIMBMIX_HELDOUT_SHARD if num_shards == -1 else min(num_shards, CLIMBMIX_HELDOUT_SHARD)
+    # a cache prepared before the held-out split existed may hold it as a training shard
+    (data / f"shard_{CLIMBMIX_HELDOUT_SHARD:05d}.parquet").unlink(missing_ok=True)
+    items = [(hf_url(CLIMBMIX_REPO, f"shard_{CLIMBMIX_VAL_SHARD:05d}.parquet"), data / VAL_FILENAME),
+             (hf_url(CLIMBMIX_REPO, f"shard_{CLIMBMIX_HELDOUT_SHARD:05d}.parquet"), heldout / HELDOUT_FILENAME)]
     items += [(hf_url(CLIMBMIX_REPO, f"shard_{i:05d}.parquet"), data / f"shard_{i:05d}.parquet") for i in range(num_train)]
     download_all(items, workers)
 
 
 def fetch_tinystories(root, workers):
-    """GPT-4 short stories: one file on the hub, cut here into training shards and a validation shard."""
+    """GPT-4 short stories: one file on the hub, cut here into validation, held-out and training rows."""
     import pyarrow.parquet as pq
 
     data = root / "data"
-    if (data / VAL_FILENAME).exists():  # written last, so its presence means the split is complete
+    # val is written last, so its presence means the split is complete (once it has a held-out part)
+    if (data / VAL_FILENAME).exists() and (root / "heldout" / HELDOUT_FILENAME).exists():
         print(f"Data: already split in {data}")
         return
     raw = root / "download" / TINYSTORIES_FILE
     raw.parent.mkdir(parents=True, exist_ok=True)
     download_all([(hf_url(TINYSTORIES_REPO, TINYSTORIES_FILE), raw)], workers)
     table = pq.read_table(raw, columns=["text"])
-    train = table.slice(TINYSTORIES_VAL_ROWS)
+    train = table.slice(TINYSTORIES_VAL_ROWS + TINYSTORIES_HELDOUT_ROWS)
     shards = [(f"shard_{i:05d}.parquet", train.slice(start, SHARD_DOCS))
               for i, start in enumerate(range(0, train.num_rows, SHARD_DOCS))]
-    shards.append((VAL_FILENAME, table.slice(0, TINYSTORIES_VAL_ROWS)))
+    (data / VAL_FILENAME).unlink(missing_ok=True)  # an old split without held-out rows: redone whole
     _write_shards(data, shards)
+    _write_shards(root / "heldout", [(HELDOUT_FILENAME, table.slice(TINYSTORIES_VAL_ROWS, TINYSTORIES_HELDOUT_ROWS))])
+    _write_shards(data, [(VAL_FILENAME, table.slice(0, TINYSTORIES_VAL_ROWS))])
     raw.unlink()
 
 # ---------------------------------------------------------------------------
@@ -356,30 +373,36 @@ def chunk_text(text, max_chars=LOCAL_DOC_CHARS):
 
 
 def split_documents(docs, chunk):
-    """Hold out LOCAL_VAL_FRACTION of the documents for validation; returns (train, val) texts.
+    """Hold out documents for validation and a held-out split; returns (train, val, heldout) texts.
 
-    Deterministic and independent of order: exact duplicates are dropped, and the documents with the
-    smallest SHA-1 of their text go to validation. Chunks of one document stay in its split, and a
-    validation chunk that also occurs in training (boilerplate) is dropped.
+    Deterministic and independent of order: exact duplicates are dropped, the documents are ranked by
+    the SHA-1 of their text, the first LOCAL_VAL_FRACTION go to validation, the next
+    LOCAL_HELDOUT_FRACTION to the held-out split, the rest to training. Chunks of one document stay in
+    its split, and a val or held-out chunk that also occurs in an earlier split (boilerplate) is dropped.
     """
     unique = list(dict.fromkeys(docs))
-    if len(unique) < 2:
-        raise LabError(f"need at least 2 distinct documents for a train/val split, got {len(unique)}")
+    if len(unique) < 3:
+        raise LabError(f"need at least 3 distinct documents for a train/val/held-out split, got {len(unique)}")
     n_val = max(1, round(len(unique) * LOCAL_VAL_FRACTION))
+    n_heldout = max(1, round(len(unique) * LOCAL_HELDOUT_FRACTION))
     ranked = sorted(range(len(unique)), key=lambda i: hashlib.sha1(unique[i].encode()).digest())
-    is_val = set(ranked[:n_val])
+    split_of = {i: "val" for i in ranked[:n_val]} | {i: "heldout" for i in ranked[n_val:n_val + n_heldout]}
     pieces = chunk_text if chunk else (lambda text: [text])
-    train = [p for i, text in enumerate(unique) if i not in is_val for p in pieces(text)]
+    train = [p for i, text in enumerate(unique) if i not in split_of for p in pieces(text)]
     seen = set(train)
-    val = [p for i, text in enumerate(unique) if i in is_val for p in pieces(text) if p not in seen]
-    if not val:
-        raise LabError("every validation document also occurs in training; add more documents")
-    return train, val
+    val = [p for i, text in enumerate(unique) if split_of.get(i) == "val" for p in pieces(text) if p not in seen]
+    seen.update(val)
+    heldout = [p for i, text in enumerate(unique) if split_of.get(i) == "heldout" for p in pieces(text) if p not in seen]
+    if not val or not heldout:
+        raise LabError("every validation or held-out document also occurs in training; add more documents")
+    return train, val, heldout
 
 
-def write_local_data(data, train, val):
+def write_local_data(data, train, val, heldout):
     """Write the texts as parquet shards; shards of an earlier, different preparation are removed."""
     import pyarrow as pa
+
+    _write_shards(data.parent / "heldout", [(HELDOUT_FILENAME, pa.table({"text": heldout}))])
 
     shards = [(f"shard_{i:05d}.parquet", pa.table({"text": train[start:start + SHARD_DOCS]}))
               for i, start in enumerate(range(0, len(train), SHARD_DOCS))]
@@ -501,9 +524,8 @@ def encode_with_bos(enc, texts, bos):
 
 
 def tokenize_shards(root):
-    """Tokenize every data shard not yet tokenized with the current tokenizer; returns tokens/meta."""
-    import pyarrow.parquet as pq
-
+    """Tokenize every data shard and the held-out split not yet tokenized with the current tokenizer;
+    returns tokens/meta (with the held-out split's counts under "heldout")."""
     data, tok_dir, tokens = root / "data", root / "tokenizer", root / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
     digest = _tokenizer_digest(tok_dir)
@@ -519,19 +541,72 @@ def tokenize_shards(root):
             stale.unlink()
     meta["shards"] = {k: v for k, v in meta["shards"].items() if k in {p.stem for p in shards}}
     for path in shards:
-        out = tokens / f"{path.stem}.npy"
-        if meta["shards"].get(path.stem, {}).get("size") == path.stat().st_size and out.exists():
-            continue
-        t0 = time.time()
-        parts = [encode_with_bos(enc, [t for t in batch.column(0).to_pylist() if t], bos)
-                 for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["text"])]
-        array = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint16)
-        _save_atomic(out, lambda f: np.save(f, array))
-        meta["shards"][path.stem] = {"size": path.stat().st_size, "docs": int((array == bos).sum()),
-                                     "tokens": int(len(array))}
-        _save_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-        print(f"Tokens: {path.name}: {len(array) / 1e6:.2f}M tokens in {time.time() - t0:.1f}s")
+        _tokenize_shard(path, tokens, meta, meta_path, enc, bos)
+    # the held-out split: the same tokenizer, its own folder and meta (see HELDOUT_DIR)
+    heldout = root / "heldout"
+    heldout_meta_path = heldout / "meta.json"
+    heldout_meta = json.loads(heldout_meta_path.read_text()) if heldout_meta_path.exists() else {}
+    if heldout_meta.get("tokenizer") != digest:
+        heldout_meta = {"tokenizer": digest, "shards": {}}
+    if (heldout / HELDOUT_FILENAME).exists():
+        _tokenize_shard(heldout / HELDOUT_FILENAME, heldout, heldout_meta, heldout_meta_path, enc, bos)
+    meta["heldout"] = heldout_meta["shards"].get(Path(HELDOUT_FILENAME).stem)
     return meta
+
+
+def _tokenize_shard(path, tokens, meta, meta_path, enc, bos):
+    """Tokenize one parquet shard into tokens/<stem>.npy unless meta says it is current."""
+    import pyarrow.parquet as pq
+
+    out = tokens / f"{path.stem}.npy"
+    if meta["shards"].get(path.stem, {}).get("size") == path.stat().st_size and out.exists():
+        return
+    t0 = time.time()
+    parts = [encode_with_bos(enc, [t for t in batch.column(0).to_pylist() if t], bos)
+             for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["text"])]
+    array = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint16)
+    _save_atomic(out, lambda f: np.save(f, array))
+    meta["shards"][path.stem] = {"size": path.stat().st_size, "docs": int((array == bos).sum()),
+                                 "tokens": int(len(array))}
+    _save_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    print(f"Tokens: {path.name}: {len(array) / 1e6:.2f}M tokens in {time.time() - t0:.1f}s")
+
+# ---------------------------------------------------------------------------
+# Manifest (fixed: what the harness checks the cache against after every run)
+# ---------------------------------------------------------------------------
+
+MANIFEST_FOLDERS = ("data", "tokenizer", "tokens", "heldout")
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(root):
+    """Write <root>/manifest.json: size, mtime_ns and sha256 of every data, tokenizer and token file.
+
+    Keys are paths relative to `root`; "heldout" lists the held-out split's files (a sandbox hides
+    them). A file whose size and mtime_ns match the previous manifest keeps its recorded hash, so
+    re-running prepare does not re-read a large cache.
+    """
+    path = root / MANIFEST_FILENAME
+    old = json.loads(path.read_text()).get("files", {}) if path.exists() else {}
+    files = {}
+    for folder in MANIFEST_FOLDERS:
+        for file in sorted((root / folder).glob("*")):
+            if not file.is_file() or file.name.endswith(".tmp"):
+                continue
+            rel, stat = file.relative_to(root).as_posix(), file.stat()
+            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            same = {k: old.get(rel, {}).get(k) for k in entry} == entry and old[rel].get("sha256")
+            files[rel] = {**entry, "sha256": old[rel]["sha256"] if same else file_sha256(file)}
+    manifest = {"source": root.name, "heldout": [rel for rel in files if rel.startswith("heldout/")], "files": files}
+    _save_atomic(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    return manifest
 
 # ---------------------------------------------------------------------------
 # Runtime utilities (imported by train.py)
@@ -594,7 +669,10 @@ def get_token_bytes(device="cpu"):
 # ---------------------------------------------------------------------------
 
 def _token_shards(split):
-    """The token files of `split`: val.parquet's for "val", every other shard's for "train"."""
+    """The token files of `split`: val.parquet's for "val", every other shard's for "train", and
+    heldout.parquet's (its own folder, never globbed for the others) for "heldout"."""
+    if split == "heldout":
+        return [_heldout_tokens()]
     names = [p.stem for p in sorted(DATA_DIR.glob("*.parquet"))]
     val = Path(VAL_FILENAME).stem
     names = [n for n in names if n == val] if split == "val" else [n for n in names if n != val]
@@ -615,6 +693,20 @@ def _token_shards(split):
         raise LabError(f"the tokens in {TOKENS_DIR} were not made from the current tokenizer and data "
                        f"(an interrupted prepare?); re-run: {prepare_command()}")
     return paths
+
+
+def _heldout_tokens():
+    path, data = HELDOUT_DIR / f"{Path(HELDOUT_FILENAME).stem}.npy", HELDOUT_DIR / HELDOUT_FILENAME
+    if not path.exists() or not data.exists():
+        raise LabError(f"no held-out split in {HELDOUT_DIR}; re-run: {prepare_command()}")
+    meta_path = HELDOUT_DIR / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    current = _tokenizer_digest(TOKENIZER_DIR) if (TOKENIZER_DIR / "tokenizer.pkl").is_file() else None
+    made = meta.get("shards", {}).get(path.stem, {})
+    if meta.get("tokenizer") != current or made.get("size") != data.stat().st_size:
+        raise LabError(f"the held-out tokens in {HELDOUT_DIR} were not made from the current tokenizer and data; "
+                       f"re-run: {prepare_command()}")
+    return path
 
 
 def _documents(paths, bos):
@@ -641,7 +733,7 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000, device=None):
     kept sorted by length (bisect), so a placement costs O(log buffer) instead of a scan of it.
     The same two tensors are refilled on every call.
     """
-    assert split in ("train", "val")
+    assert split in ("train", "val", "heldout")
     device = torch.device(device) if device is not None else default_device()
     docs = _documents(_token_shards(split), tokenizer.get_bos_token_id())
     lengths = []  # sorted lengths of the buffered documents
@@ -684,32 +776,130 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000, device=None):
 # ---------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate_bpb(model, tokenizer, batch_size):
+def evaluate_bpb(model, tokenizer, batch_size, split="val"):
     """
     Bits per byte on the validation shard: summed per-token cross-entropy (nats) over the summed
     UTF-8 byte lengths of the target tokens, in bits. Tokens of 0 bytes (BOS) leave both sums, so
     the number does not depend on the vocabulary. Always EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
     batches of MAX_SEQ_LEN, the same for every train.py. `model(x, y, reduction='none')` returns
-    the loss of every token.
+    the loss of every token. `split` is "val" for train.py; the harness's audit also reads "heldout".
     """
+    was_training = model.training
+    model.eval()
+    bpb = _bits_per_byte(lambda x, y: model(x, y, reduction="none"), tokenizer, batch_size, split)
+    model.train(was_training)
+    return bpb
+
+
+def _bits_per_byte(losses_of, tokenizer, batch_size, split):
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
     if steps < 1:
         raise ValueError(f"batch_size {batch_size} x MAX_SEQ_LEN {MAX_SEQ_LEN} exceeds EVAL_TOKENS {EVAL_TOKENS}")
     device = default_device()
     token_bytes = get_token_bytes(device)
-    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
-    was_training = model.training
-    model.eval()
+    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, split, device=device)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
     for _ in range(steps):
         x, y, _ = next(loader)
-        loss = model(x, y, reduction="none").reshape(-1).double()
+        loss = losses_of(x, y).reshape(-1).double()
         nbytes = token_bytes[y.reshape(-1)]
         total_nats += torch.where(nbytes > 0, loss, 0.0).sum()
         total_bytes += nbytes.sum()
-    model.train(was_training)
     return (total_nats / total_bytes).item() / math.log(2)  # float64: ln 2 times an int64 tensor is float32
+
+# ---------------------------------------------------------------------------
+# Model handoff and audit (fixed: the harness recomputes the metric with this code)
+# ---------------------------------------------------------------------------
+
+HANDOFF_ENV = "AUTORESEARCH_HANDOFF"  # set by the harness: where train.py's handoff_model saves the model
+
+
+class _Logits(torch.nn.Module):
+    """The handed-over computation: token ids (B, MAX_SEQ_LEN) -> float logits, in the autocast the
+    model was evaluated in (recorded in the graph, so the audit needs no setting of its own)."""
+
+    def __init__(self, model, device_type, dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, idx):
+        with torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            return self.model(idx).float()
+
+
+def handoff_model(model, batch_size):
+    """Save `model` for the harness's own evaluation when AUTORESEARCH_HANDOFF names a file; else nothing.
+
+    The model is exported with torch.export: a graph of ATen operations plus weights, traced for a
+    (batch_size, MAX_SEQ_LEN) batch, computing the logits that `model(idx)` returns. Loading it runs
+    no Python of train.py, and the audit computes the cross-entropy itself, so a model can only be
+    judged by its logits. Call it inside the autocast the model was evaluated in: it is recorded.
+    """
+    path = os.environ.get(HANDOFF_ENV)
+    if not path:
+        return None
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: export the module it wraps
+    device = next(model.parameters()).device
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    idx = torch.zeros((batch_size, MAX_SEQ_LEN), dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            program = torch.export.export(_Logits(model, device.type, dtype), (idx,))
+    except Exception as error:
+        raise LabError(f"cannot hand the model over: torch.export failed: {str(error).splitlines()[0]}") from error
+    finally:
+        model.train(was_training)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic(path, lambda f: torch.export.save(program, f))
+    return path
+
+
+def load_handoff(path):
+    """(logits function, batch size) of a model saved by handoff_model."""
+    try:
+        program = torch.export.load(path)
+    except Exception as error:
+        raise LabError(f"cannot load the handed-over model {path}: {str(error).splitlines()[0]}") from None
+    names = program.graph_signature.user_inputs
+    shapes = {n.name: tuple(n.meta["val"].shape) for n in program.graph.nodes if n.op == "placeholder"}
+    if len(names) != 1 or len(shapes[names[0]]) != 2 or shapes[names[0]][1] != MAX_SEQ_LEN:
+        raise LabError(f"the handed-over model takes {[shapes[n] for n in names]}, not one (B, {MAX_SEQ_LEN}) batch")
+    return program.module(), shapes[names[0]][0]
+
+
+@torch.no_grad()
+def evaluate_handoff(path, splits=("val", "heldout")):
+    """The audit: bits per byte of a handed-over model on each split, by this file's code alone.
+
+    Also "causal_gap": the mean change (nats) of the loss at the first half of the positions of one
+    validation batch when every token of the second half is replaced. A causal model scores 0 (up
+    to rounding); a model that reads the tokens it predicts scores far above it.
+    """
+    logits_of, batch_size = load_handoff(path)
+    tokenizer = Tokenizer.from_directory()
+    vocab = tokenizer.get_vocab_size()
+
+    def losses_of(x, y):
+        logits = logits_of(x)
+        if tuple(logits.shape) != (*x.shape, vocab):
+            raise LabError(f"the handed-over model returns {tuple(logits.shape)}, not (B, T, {vocab}) logits")
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1), reduction="none")
+
+    result = {split: _bits_per_byte(losses_of, tokenizer, batch_size, split) for split in splits}
+    x, y, _ = next(make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=default_device()))
+    x, y = x.clone(), y.clone()  # the loader refills its tensors
+    half = MAX_SEQ_LEN // 2
+    changed = x.clone()
+    changed[:, half:] = (changed[:, half:] + 1) % vocab
+    before = losses_of(x, y).view(batch_size, -1)[:, :half]
+    after = losses_of(changed, y).view(batch_size, -1)[:, :half]
+    result["causal_gap"] = (before.double() - after.double()).abs().mean().item()
+    result["batch_size"] = batch_size
+    return result
 
 # ---------------------------------------------------------------------------
 # Main
@@ -766,16 +956,19 @@ def prepare_source(args):
         else:
             docs = stdlib_documents()
         docs = take(docs, args.max_docs, args.max_chars)
-        train, val = split_documents(docs, chunk=not args.from_parquet)
-        write_local_data(root / "data", train, val)
+        train, val, heldout = split_documents(docs, chunk=not args.from_parquet)
+        write_local_data(root / "data", train, val, heldout)
         print(f"Data: {len(docs)} documents, {sum(map(len, docs)):,} chars -> "
-              f"{len(train)} train and {len(val)} val pieces in {root / 'data'}")
+              f"{len(train)} train, {len(val)} val and {len(heldout)} held-out pieces in {root}")
     train_tokenizer(root, vocab_size)
-    shards = tokenize_shards(root)["shards"]
+    meta = tokenize_shards(root)
+    shards = meta["shards"]
     val_stem = Path(VAL_FILENAME).stem
     for split, stems in (("train", [s for s in shards if s != val_stem]), ("val", [val_stem])):
         docs, tokens = (sum(shards[s][k] for s in stems) for k in ("docs", "tokens"))
-        print(f"  {split:5s} {docs:,} documents, {tokens:,} tokens")
+        print(f"  {split:7s} {docs:,} documents, {tokens:,} tokens")
+    print(f"  heldout {meta['heldout']['docs']:,} documents, {meta['heldout']['tokens']:,} tokens")
+    write_manifest(root)
     print(f"Tokens in {root / 'tokens'}. Done in {time.time() - t0:.1f}s. Train with:")
     print(f"  AUTORESEARCH_PROFILE={profile} AUTORESEARCH_SOURCE={name} python train.py")
 

@@ -170,10 +170,43 @@ def test_split_drops_duplicates_and_shared_chunks():
 
     common = "import os\n\n"
     docs = [f"{common}x = {i}\n" * 3 for i in range(40)] + ["x = 7\n" * 3] * 2
-    train, val = prepare.split_documents(docs, chunk=False)
-    assert len(val) == 4 and len(train) == 37 and not set(train) & set(val)
-    train, val = prepare.split_documents([common * 200 + text for text in docs], chunk=True)
-    assert not set(train) & set(val)
+    train, val, heldout = prepare.split_documents(docs, chunk=False)
+    assert len(val) == 4 and len(heldout) == 4 and len(train) == 33
+    assert not set(train) & set(val) and not set(train) & set(heldout) and not set(val) & set(heldout)
+    train, val, heldout = prepare.split_documents([common * 200 + text for text in docs], chunk=True)
+    assert not set(train) & set(val) and not (set(train) | set(val)) & set(heldout)
+    # deterministic and independent of the documents' order
+    assert [set(s) for s in prepare.split_documents(docs[::-1], chunk=False)] == [set(s) for s in
+                                                                                 prepare.split_documents(docs, chunk=False)]
+
+
+def test_heldout_split_is_disjoint_apart_and_readable_only_by_name(lab):
+    heldout_texts = set(pq.read_table(lab.HELDOUT_DIR / "heldout.parquet").column("text").to_pylist())
+    others = {t for p in lab.DATA_DIR.glob("*.parquet") for t in pq.read_table(p).column("text").to_pylist()}
+    assert heldout_texts and not heldout_texts & others
+    assert lab.HELDOUT_DIR == lab.CACHE_DIR / "stdlib" / "heldout" and not list(lab.DATA_DIR.glob("heldout*"))
+    tok = lab.Tokenizer.from_directory()
+    bos = tok.get_bos_token_id()
+    heldout_docs = set(documents(np.load(lab.HELDOUT_DIR / "heldout.npy"), bos))
+    x, _, _ = next(lab.make_dataloader(tok, 8, 256, "heldout"))
+    assert all(piece in heldout_docs for row in x for piece in documents(row.numpy(), bos)[:-1])
+    for split in ("train", "val"):  # what train.py reads never includes the held-out token file
+        assert lab.HELDOUT_DIR not in {p.parent for p in lab._token_shards(split)}
+    assert lab.evaluate_bpb(Uniform(2048), tok, 4, split="heldout") != lab.evaluate_bpb(Uniform(2048), tok, 4)
+
+
+def test_manifest_lists_every_lab_file_with_size_mtime_and_sha256(lab):
+    manifest = json.loads((lab.CACHE_DIR / "stdlib" / "manifest.json").read_text())
+    root = lab.CACHE_DIR / "stdlib"
+    on_disk = {p.relative_to(root).as_posix() for folder in ("data", "tokenizer", "tokens", "heldout")
+               for p in (root / folder).iterdir()}
+    assert set(manifest["files"]) == on_disk
+    assert {"data/val.parquet", "tokenizer/tokenizer.pkl", "tokens/val.npy", "heldout/heldout.npy"} <= on_disk
+    assert manifest["heldout"] == sorted(r for r in on_disk if r.startswith("heldout/"))
+    for rel, entry in manifest["files"].items():
+        stat = (root / rel).stat()
+        assert (entry["size"], entry["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+        assert entry["sha256"] == lab.file_sha256(root / rel)
 
 
 def test_chunks_join_back_to_the_file_and_cut_at_blank_lines():
@@ -223,7 +256,9 @@ def test_from_parquet_uses_rows_as_documents(monkeypatch, tmp_path, capsys):
     assert "Data: 40 documents" in capsys.readouterr().out
     val = pq.read_table(lab.DATA_DIR / "val.parquet").column("text").to_pylist()
     train = pq.read_table(lab.DATA_DIR / "shard_00000.parquet").column("text").to_pylist()
-    assert len(val) == 4 and sorted(val + train) == sorted(rows)  # rows are never cut into chunks
+    heldout = pq.read_table(lab.HELDOUT_DIR / "heldout.parquet").column("text").to_pylist()
+    assert len(val) == 4 and len(heldout) == 4
+    assert sorted(val + heldout + train) == sorted(rows)  # rows are never cut into chunks
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -450,14 +485,18 @@ def test_climbmix_download_retries_resumes_and_pins_val(hub_lab, tmp_path, capsy
     start, reload = hub_lab
     texts = stdlib_texts(60)
     files = {f"shard_{i:05d}.parquet": parquet_bytes(texts[i * 20:(i + 1) * 20], tmp_path, i) for i in range(2)}
-    files["shard_06542.parquet"] = parquet_bytes(texts[40:], tmp_path, "val")
+    files["shard_06542.parquet"] = parquet_bytes(texts[40:50], tmp_path, "val")
+    files["shard_06541.parquet"] = parquet_bytes(texts[50:], tmp_path, "heldout")
     hub = start(files, fail_first={"shard_00001.parquet"})
     lab = reload(hub.url)
     lab.main(["--source", "climbmix", "--num-shards", "2", "--download-workers", "2"])
     data = tmp_path / "cache" / "climbmix" / "data"
     assert sorted(p.name for p in data.iterdir()) == ["shard_00000.parquet", "shard_00001.parquet", "val.parquet"]
     assert (data / "val.parquet").read_bytes() == files["shard_06542.parquet"]
-    assert sorted(hub.requests) == ["shard_00000.parquet", "shard_00001.parquet", "shard_00001.parquet", "shard_06542.parquet"]
+    assert (data.parent / "heldout" / "heldout.parquet").read_bytes() == files["shard_06541.parquet"]
+    assert sorted(hub.requests) == ["shard_00000.parquet", "shard_00001.parquet", "shard_00001.parquet",
+                                    "shard_06541.parquet", "shard_06542.parquet"]
+    assert (data.parent / "heldout" / "heldout.npy").exists() and (data.parent / "manifest.json").exists()
     assert "AUTORESEARCH_SOURCE=climbmix" in capsys.readouterr().out
 
     hub.requests.clear()
@@ -493,10 +532,12 @@ def test_tinystories_is_split_into_train_shards_and_pinned_val(hub_lab, tmp_path
     hub = start({"tinystories_gpt4_clean.parquet": parquet_bytes(texts, tmp_path, "ts")})
     lab = reload(hub.url)
     monkeypatch.setattr(lab, "TINYSTORIES_VAL_ROWS", 5)
+    monkeypatch.setattr(lab, "TINYSTORIES_HELDOUT_ROWS", 5)
     lab.main(["--source", "tinystories"])
     root = tmp_path / "cache" / "tinystories"
     assert pq.read_table(root / "data" / "val.parquet").column("text").to_pylist() == texts[:5]
-    assert pq.read_table(root / "data" / "shard_00000.parquet").column("text").to_pylist() == texts[5:]
+    assert pq.read_table(root / "heldout" / "heldout.parquet").column("text").to_pylist() == texts[5:10]
+    assert pq.read_table(root / "data" / "shard_00000.parquet").column("text").to_pylist() == texts[10:]
     assert not (root / "download" / "tinystories_gpt4_clean.parquet").exists()
     assert sorted(p.name for p in (root / "tokens").glob("*.npy")) == ["shard_00000.npy", "val.npy"]
     lab.main(["--source", "tinystories"])
