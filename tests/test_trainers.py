@@ -9,6 +9,8 @@ import threading
 import pytest
 
 from autoresearch import trainers
+from autoresearch.errors import AutoresearchError
+from autoresearch.ray_pool import RAY_MISSING, import_ray
 from autoresearch.trainers import WORKER_ENV, LocalTrainer, lab_files, reap_worker
 from trainer_lab import alive, gone, job, wait_for_pids
 
@@ -120,3 +122,10 @@ def test_lab_files_are_the_python_files_besides_train_py(tmp_path):
     for name in ("train.py", "prepare.py", "helpers.py", "program.md"):
         (tmp_path / name).write_text(name)
     assert lab_files(tmp_path) == {"helpers.py": "helpers.py", "prepare.py": "prepare.py"}
+
+
+def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when it is not installed
+    with pytest.raises(AutoresearchError) as info:
+        import_ray()
+    assert str(info.value) == RAY_MISSING
