@@ -199,7 +199,9 @@ class LocalTrainer:
             name = path.relative_to(lab).as_posix()
             if path.is_dir() and not path.is_symlink():
                 continue
-            if name not in expected or path.is_symlink() or path.read_bytes() != expected[name].encode():
+            # is_file first: a FIFO in place of prepare.py must not block the read
+            if (name not in expected or path.is_symlink() or not path.is_file()
+                    or path.read_bytes() != expected[name].encode()):
                 changed.append(name)
         changed += sorted(name for name in expected if not (lab / name).exists())
         artefacts, left_out, total = {}, [], 0
