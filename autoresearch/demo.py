@@ -18,7 +18,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.lab import find_lab
 from autoresearch.loop import RunConfig, RunOutcome, run
 from autoresearch.proposers import ProposerOptions
-from autoresearch.results import ResultsFile
+from autoresearch.ledger import Ledger
 from autoresearch.workspace import Workspace
 
 SOURCE = "stdlib"
@@ -79,18 +79,21 @@ def run_demo(repo: Path | None = None, budget: float = BUDGET, experiments: int 
 
 def summarize(root: Path, tag: str, outcome: RunOutcome, console: Console | None = None) -> None:
     console = console or Console()
-    rows = ResultsFile(root / "results" / tag / "results.tsv").rows()
+    ledger = Ledger(root / "results" / tag)
     table = Table(title=f"demo run '{tag}'", header_style="bold")
-    for name in ("#", "commit", "val_bpb", "status", "description"):
-        table.add_column(name, justify="right" if name in ("#", "val_bpb") else "left")
-    for row in rows:
+    for name in ("#", "trial", "commit", "val_bpb", "status", "description"):
+        table.add_column(name, justify="right" if name in ("#", "trial", "val_bpb") else "left")
+    for row in ledger.rows():
         val = row.reason if row.status == "crash" else f"{row.val_bpb:.6f}"
-        table.add_row(str(row.experiment), row.commit, val, row.status, row.description)
+        table.add_row(str(row.experiment), str(row.trial or 1), row.commit, val, row.status, row.description)
     console.print(table)
-    if rows and rows[0].status == "keep" and outcome.best_val_bpb is not None:
-        change = outcome.best_val_bpb - rows[0].val_bpb
+    experiments = ledger.experiments()
+    baseline = experiments[0].mean if experiments and experiments[0].status == "keep" else None
+    if baseline is not None and outcome.best_val_bpb is not None:
+        change = outcome.best_val_bpb - baseline
         console.print(f"best val_bpb {outcome.best_val_bpb:.6f} at {outcome.best_commit} "
-                      f"({change:+.6f} vs the baseline {rows[0].val_bpb:.6f})", highlight=False, soft_wrap=True)
+                      f"({change:+.6f} vs the baseline {baseline:.6f}; noise sigma {ledger.noise()})",
+                      highlight=False, soft_wrap=True)
     console.print(
         f"results:  {root / 'results' / tag}/ (results.tsv, runs/NNNN/run.log, diff.patch)\n"
         f"branch:   autoresearch/{tag} (its tip is the best commit)\n"

@@ -12,6 +12,7 @@ import git
 import psutil
 import pytest
 
+from autoresearch.ledger import Ledger
 from autoresearch.results import ResultsFile, RunState
 from standin import make_lab
 
@@ -224,8 +225,10 @@ def test_hparam_on_the_real_train_py_leaves_3_rows_the_best_commit_and_the_check
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     got = rows(clone)
-    assert len(got) == 3 and got[0].status == "keep" and 0 < got[0].val_bpb < 20
-    assert [r.proposer for r in got] == ["baseline", "hparam", "hparam"]
+    experiments = Ledger(clone / "results" / "t").experiments()  # the default noise rule: trials per experiment
+    assert len(experiments) == 3 and experiments[0].status == "keep" and 0 < experiments[0].mean < 20
+    assert [e.first.proposer for e in experiments] == ["baseline", "hparam", "hparam"]
+    assert [r.seed for r in experiments[0].rows] == [42, 43]
     assert all(r.training_seconds and r.num_steps for r in got if r.status != "crash")
     assert_clean_at_best(clone)
     assert checkout_files(clone) == before and user.active_branch.name == "main"

@@ -10,7 +10,7 @@ import pytest
 
 from autoresearch.demo import run_demo
 from autoresearch.live import View
-from autoresearch.results import ResultsFile
+from autoresearch.ledger import Ledger
 from standin import PREPARE_PY, make_lab
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +42,10 @@ def test_demo_prepares_once_then_runs_the_baseline_and_three_hparam_experiments(
     assert (cache / "prepare-calls.log").read_text() == "--profile cpu --source stdlib cpu\n"
     tags = sorted(p.name for p in (root / "results").iterdir())
     assert len(tags) == 2 and all(t.startswith("demo-") for t in tags)
-    rows = ResultsFile(root / "results" / tags[0] / "results.tsv").rows()
-    assert [r.proposer for r in rows] == ["baseline", "hparam", "hparam", "hparam"]
-    assert all(" -> " in r.description for r in rows[1:])  # hparam's `NAME old -> new`
+    experiments = Ledger(root / "results" / tags[0]).experiments()
+    assert [e.first.proposer for e in experiments] == ["baseline", "hparam", "hparam", "hparam"]
+    assert [r.role for r in experiments[0].rows] == ["baseline", "repeat"]  # the noise rule's default
+    assert all(" -> " in e.first.description for e in experiments[1:])  # hparam's `NAME old -> new`
     out = capsys.readouterr().out
     assert f"autoresearch report --tag {tags[0]}" in out and f"demo run '{tags[1]}'" in out
     assert "best val_bpb" in out and "vs the baseline 1.000000" in out
@@ -66,7 +67,7 @@ def test_demo_on_a_fresh_clone_runs_offline_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (tag,) = [p.name for p in (clone / "results").iterdir() if p.name.startswith("demo-")]
-    rows = ResultsFile(clone / "results" / tag / "results.tsv").rows()
-    assert len(rows) == 4 and rows[0].status == "keep" and 0 < rows[0].val_bpb < 20
+    experiments = Ledger(clone / "results" / tag).experiments()
+    assert len(experiments) == 4 and experiments[0].status == "keep" and 0 < experiments[0].mean < 20
     assert f"autoresearch report --tag {tag}" in done.stdout
     assert not git.Repo(clone).is_dirty(untracked_files=True)

@@ -32,7 +32,7 @@ def test_gpu_check_falls_back_to_the_cpu_profile_and_prints_a_table_of_numbers(t
     assert len(baseline) == 1 and len(experiments) >= 2  # the run's baseline (maybe repeated) and an experiment
     for row in baseline + experiments:
         cells = re.split(r"\s{2,}", row.strip())
-        assert cells[1] in ("ok", "keep", "discard"), row
+        assert cells[1] in ("ok", "keep", "discard", "trial"), row
         assert all(re.fullmatch(NUMBER, c) for c in cells[2:9]), row  # val_bpb .. eval_s are numbers
         assert 0 < float(cells[2]) < 12  # bits per byte
     assert (tmp_path / "check" / "lab" / "results" / "check" / "results.tsv").is_file()

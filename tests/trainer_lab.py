@@ -16,6 +16,9 @@ import os, subprocess, sys, time
 import prepare
 
 mode = os.environ.get("STANDIN_MODE", "ok")  # ok | hang | write | barrier
+# The process that supervises this run: the parent of our parent, the reaper (process.py).
+with open(f"/proc/{os.getppid()}/stat") as f:
+    supervisor = int(f.read().rsplit(")", 1)[1].split()[1])
 child = None
 if mode == "hang":  # a child in a session of its own: only marks and pid files find it
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
@@ -23,9 +26,9 @@ folder = os.environ.get("STANDIN_PIDS")
 if folder:
     tmp = os.path.join(folder, f".{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        f.write(f"{os.getpid()} {child.pid if child else 0} {os.getppid()}\\n")
+        f.write(f"{os.getpid()} {child.pid if child else 0} {supervisor}\\n")
     os.replace(tmp, os.path.join(folder, f"{os.getpid()}.pid"))
-print("ppid", os.getppid())
+print("ppid", supervisor)
 print("cuda", os.environ.get("CUDA_VISIBLE_DEVICES"))
 print("omp", os.environ.get("OMP_NUM_THREADS"))
 print("secrets", [k for k in os.environ if "KEY" in k or "TOKEN" in k])
