@@ -99,6 +99,8 @@ def judge(rule: str, candidate: Sequence[float], best: Sequence[float], noise: N
         return Verdict(decision, mean, delta, z, f"{text} after {n} trials", noise.sigma)
     if z > level(CLEAR_LEVEL):
         return Verdict("keep", mean, delta, z, f"{text}: a clear win", noise.sigma)
-    if z <= level(LOW_LEVEL):
+    # The lower edge uses the normal quantile, not t: with few degrees of freedom t would send
+    # almost everything to a discard, while a confirm is exactly what adds a degree of freedom.
+    if z <= float(stats.norm.ppf(1 - LOW_LEVEL)):
         return Verdict("discard", mean, delta, z, f"{text}: within the noise", noise.sigma)
     return Verdict("confirm", mean, delta, z, f"{text}: grey zone, confirming", noise.sigma)

@@ -32,18 +32,15 @@ from autoresearch.config import RunConfig  # noqa: E402
 from autoresearch.ledger import Ledger  # noqa: E402
 from autoresearch.live import View  # noqa: E402
 from autoresearch.loop import run  # noqa: E402
-from autoresearch.proposers import ProposerOptions, get_proposer  # noqa: E402
+from autoresearch.proposers import ProposerError, ProposerOptions, get_proposer  # noqa: E402
 
-# name: (start value, optimum, weight per squared octave). Weight 0: the knob does nothing.
-PARAMS = {
-    "MATRIX_LR": (0.04, 0.09, 1.2e-3),
-    "WEIGHT_DECAY": (0.2, 0.07, 8e-4),
-    "WARMDOWN_RATIO": (0.3, 0.6, 5e-4),
-    "ADAM_BETA2": (0.95, 0.95, 0.0),
-    "SOFTCAP": (15.0, 15.0, 0.0),
-    "HEAD_DIM": (128, 128, 0.0),
-    "EMBED_LR": (0.6, 0.6, 0.0),
-}
+# name: (start value, optimum, weight per squared octave). Weight 0: the knob does nothing. Fifty
+# knobs, so that hparam (which never repeats a tried value) does not run out of moves in 200.
+_REAL = [(0.04, 0.09, 1.2e-3), (0.2, 0.07, 8e-4), (0.3, 0.6, 5e-4), (0.004, 0.002, 4e-4),
+         (0.9, 0.5, 3e-4), (6.0, 12.0, 2e-4), (0.02, 0.03, 2e-4), (3.0, 2.0, 1e-4),
+         (0.5, 0.8, 3e-4), (1.5, 1.0, 2e-4)]
+PARAMS = {f"KNOB_{i:02d}": spec for i, spec in enumerate(_REAL)}
+PARAMS.update({f"NULL_{i:02d}": (round(0.05 + 0.37 * i, 2), round(0.05 + 0.37 * i, 2), 0.0) for i in range(40)})
 BASE = 1.0
 
 TRAIN_PY = '''"""Simulated lab: the true val_bpb is a function of the constants below, plus Gaussian noise."""
@@ -121,6 +118,24 @@ def grade(root: Path, tag: str, min_delta: float) -> dict:
             "experiments": len(ledger.experiments())}
 
 
+class Hparam:
+    """The hparam proposer, but a run that has tried every nearby value ends (as a Ctrl-C would)
+    instead of pausing, so the table can say how far it got."""
+
+    name, can_fix = "hparam", False
+
+    def __init__(self, options):
+        self.inner = get_proposer("hparam", options)
+
+    def propose(self, ctx):
+        try:
+            return self.inner.propose(ctx)
+        except ProposerError as err:
+            if "already tried" in str(err):
+                raise KeyboardInterrupt("hparam exhausted") from None
+            raise
+
+
 def one_run(folder: Path, rule: str, seed: int, sigma: float, experiments: int, min_delta: float) -> dict:
     root = make_lab(folder / f"{rule}-{seed}")
     os.environ.update(BENCH_COUNTER=str(folder / f"{rule}-{seed}.count"), BENCH_NOISE_SEED=str(seed),
@@ -130,7 +145,7 @@ def one_run(folder: Path, rule: str, seed: int, sigma: float, experiments: int, 
                        keep_rule=rule, baseline_repeats=repeats, min_delta=min_delta,
                        max_experiments=experiments, options=ProposerOptions(seed=seed))
     started = time.monotonic()
-    run(config, proposer=get_proposer("hparam", config.options), view=View("bench", quiet=True))
+    run(config, proposer=Hparam(config.options), view=View("bench", quiet=True))
     result = grade(root, "bench", min_delta)
     result["wall_seconds"] = time.monotonic() - started
     return result
@@ -140,25 +155,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--sigma", type=float, default=5e-4, help="run-to-run noise of val_bpb (H100: a few 1e-4)")
     parser.add_argument("--min-delta", type=float, default=1e-4)
     args = parser.parse_args()
     results: dict[str, list[dict]] = {"greedy": [], "noise": []}
     with tempfile.TemporaryDirectory(prefix="autoresearch-keep-rule-") as tmp:
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for rule in results:
                 r = one_run(Path(tmp), rule, seed, args.sigma, args.experiments, args.min_delta)
                 results[rule].append(r)
                 print(f"seed {seed} {rule:6s}: {r}", file=sys.stderr, flush=True)
     print(f"\nsimulated lab: sigma {args.sigma:g}, baseline true {BASE + sum(w * math.log2(v / o) ** 2 for v, o, w in PARAMS.values()):.6f}, "
           f"optimum {BASE:.6f}; {args.experiments} experiments x {args.seeds} seeds per rule; min-delta {args.min_delta:g}\n")
-    print("| rule | kept | false keeps | missed wins | final true val_bpb | trials (GPU time) |")
-    print("|---|---|---|---|---|---|")
+    print("| rule | experiments | kept | false keeps | missed wins | final true val_bpb | trials (GPU time) |")
+    print("|---|---|---|---|---|---|---|")
     greedy_trials = statistics.fmean(r["trials"] for r in results["greedy"])
     for rule, rs in results.items():
         mean = lambda key: statistics.fmean(r[key] for r in rs)  # noqa: E731
         finals = [r["final_true"] for r in rs]
-        print(f"| {rule} | {mean('kept'):.1f} | {mean('false_keeps'):.1f} | {mean('missed_wins'):.1f} "
+        print(f"| {rule} | {mean('experiments'):.0f} | {mean('kept'):.1f} | {mean('false_keeps'):.1f} | {mean('missed_wins'):.1f} "
               f"| {statistics.fmean(finals):.6f} (range {min(finals):.6f}-{max(finals):.6f}) "
               f"| {mean('trials'):.0f} ({100 * (mean('trials') / greedy_trials - 1):+.0f}%) |")
 
