@@ -370,3 +370,32 @@ def _has_marker(proc: psutil.Process, marker: str) -> bool:
         return proc.environ().get(MARKER) == marker and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_two_trainings_in_two_threads_leave_each_other_alone(tmp_path):
+    """Each run's reaper owns its descendants: when the quick run ends, its clean-up must not take
+    the slow run's processes for its own orphans (the old runner adopted every harness child)."""
+    import threading
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    quick = script(tmp_path / "a", """
+        import subprocess
+        subprocess.Popen(["sleep", "1000"], start_new_session=True, env={})
+    """, SUMMARY)
+    slow = script(tmp_path / "b", """
+        import os, subprocess, time
+        child = subprocess.Popen(["sleep", "1000"])
+        open("pids", "w").write(f"{os.getpid()} {child.pid}")
+        time.sleep(3)
+    """, SUMMARY)
+    results = {}
+    thread = threading.Thread(target=lambda: results.update(slow=run(slow)))
+    thread.start()
+    pids = [int(p) for p in wait_for_file(slow / "pids").split()]
+    results["quick"] = run(quick)
+    assert not any(gone(pid, wait=0.2) for pid in pids)  # the slow run's processes survived it
+    thread.join(60)
+    assert results["quick"].status == "ok" and results["slow"].status == "ok"
+    assert results["slow"].metrics["val_bpb"] == 1.234567
+    assert all(gone(pid) for pid in pids)
