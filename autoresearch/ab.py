@@ -147,7 +147,7 @@ class ArmView(View):
         self.label = label
 
     def note(self, text: str) -> None:
-        if not text.startswith("done ("):
+        if not text.startswith(("done (", "stopped; resume with")):  # the A/B says how it ends and resumes
             super().note(text)
 
     def show(self, line: str | None) -> None:
@@ -377,7 +377,10 @@ def from_cli(tag: str, arm: list[str], repo: Path | None = None, base_url: str |
 
 
 def run_from_cli(**options) -> int:
-    return run_ab(from_cli(**options)).exit_code
+    outcome = run_ab(from_cli(**options))
+    if outcome.exit_code:
+        say(outcome.message)  # a finished A/B has said so already
+    return outcome.exit_code
 
 
 __all__ = ["ABConfig", "ABOutcome", "Arm", "parse_arm", "parse_arms", "run_ab", "run_from_cli"]
