@@ -100,6 +100,36 @@ def demo(
 
 
 # ---------------------------------------------------------------------------
+# ab: proposers against each other (autoresearch/ab.py)
+# ---------------------------------------------------------------------------
+
+
+@app.command()
+def ab(
+    tag: str = typer.Option(..., "--tag", help="Name of the A/B: the shared baseline is run <tag>, each arm run <tag>-<arm>."),
+    arm: list[str] = typer.Option(..., "--arm", help="backend[:model], repeat for each arm: anthropic:MODEL, openai:MODEL, optuna[:SAMPLER], hparam[:SEED], command:'CMD'."),
+    max_experiments: int = typer.Option(None, "--max-experiments", min=1, help="Experiments per arm (the shared baseline not counted)."),
+    max_hours: float = typer.Option(None, "--max-hours", min=0.0, help="Stop starting experiments after H hours (overall)."),
+    max_cost: float = typer.Option(None, "--max-cost", min=0.0, help="USD per arm: an arm stops once its proposals cost this much."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint for openai arms; else OPENAI_BASE_URL."),
+    keep_rule: str = typer.Option("noise", "--keep-rule", help="noise or greedy, the same for every arm."),
+    baseline_repeats: int = typer.Option(2, "--baseline-repeats", min=1, help="Trials of the shared baseline (its spread is the first noise estimate)."),
+    min_delta: float = typer.Option(1e-4, "--min-delta", min=0.0, help="Smallest val_bpb gain worth keeping."),
+    profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
+    time_budget: float = typer.Option(None, "--time-budget", min=0.1, help="Training seconds per experiment (default: the profile's)."),
+    timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run."),
+    repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
+):
+    """A/B: one shared baseline, then the arms take turns on the same GPU (A B A B ...); the same command resumes."""
+    options = dict(locals())
+    from autoresearch.ab import run_from_cli
+
+    with user_errors():
+        code = run_from_cli(**options)
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------
 # report / status
 # ---------------------------------------------------------------------------
 
@@ -120,7 +150,21 @@ def report(
     from autoresearch.report import run_report
 
     with user_errors():
+        if tag and len(tag) == 1 and not results and _ab_root(root, tag[0]):  # an A/B: its arms side by side
+            from autoresearch.ab_report import run_ab_report
+
+            run_ab_report(_ab_root(root, tag[0]), tag[0], as_json, plot, no_plot)
+            return
         run_report(tag or [], results or [], root, as_json, markdown, plot, no_plot, top, noise)
+
+
+def _ab_root(root: Path | None, tag: str) -> Path | None:
+    """The checkout whose results/<tag>/ is an A/B (has ab.json), else None."""
+    from autoresearch.ab_report import is_ab
+    from autoresearch.analysis import find_root
+
+    root = Path(root) if root else find_root(Path.cwd())
+    return root if is_ab(root, tag) else None
 
 
 @app.command()

@@ -56,6 +56,7 @@ class RunConfig:
     pause_max_seconds: float = 3600.0  # pauses double up to this
     training_command: list[str] | None = None  # default: python train.py (the runner's)
     extra_env: dict[str, str] = field(default_factory=dict)  # more lab variables for training
+    preflight: bool = True  # doctor.preflight before anything trains (gpu, data, disk, key, agent)
 
     def __post_init__(self):
         check_tag(self.tag)

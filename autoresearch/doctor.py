@@ -44,20 +44,23 @@ class Check:
     fix: str = ""  # one line; empty when ok
 
 
-def run_checks(repo_root: Path, profile: str, proposer: str, options: ProposerOptions | None = None,
+def run_checks(repo_root: Path, profile: str, proposer: str | None, options: ProposerOptions | None = None,
                env: Mapping[str, str] | None = None) -> list[Check]:
-    """Every check for a run of `proposer` on `profile` from the checkout at `repo_root`."""
+    """Every check for a run of `proposer` on `profile` from the checkout at `repo_root`.
+    proposer None (an in-process proposer a test or a caller built itself): no proposer checks."""
     env = os.environ if env is None else env
     options = options or ProposerOptions()
     repo_root = Path(repo_root)
     checks = [check_gpu(profile), check_data(repo_root, profile, env), check_disk(repo_root / "results")]
+    if proposer is None:
+        return checks
     checks.append(check_proposer(proposer, options, env))
     if proposer == "command":
         checks.append(check_agent(options.command, repo_root, env))
     return checks
 
 
-def preflight(repo_root: Path, profile: str, proposer: str, options: ProposerOptions | None = None,
+def preflight(repo_root: Path, profile: str, proposer: str | None, options: ProposerOptions | None = None,
               env: Mapping[str, str] | None = None) -> list[Check]:
     """run_checks, raising AutoresearchError with the first failure as one line."""
     checks = run_checks(repo_root, profile, proposer, options, env)
@@ -73,12 +76,12 @@ def preflight(repo_root: Path, profile: str, proposer: str, options: ProposerOpt
 
 
 def check_gpu(profile: str) -> Check:
+    if profile != "gpu":  # without importing torch (~2 s): preflight runs before every run
+        return Check("gpu", True, f"none needed: profile {profile} trains on the CPU")
     import torch
 
     if torch.cuda.is_available():
         return Check("gpu", True, f"{torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible)")
-    if profile != "gpu":
-        return Check("gpu", True, f"none needed: profile {profile} trains on the CPU")
     build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}"
     return Check("gpu", False, f"profile gpu but no CUDA device is visible ({build})",
                  "use --profile cpu, or install a CUDA build of torch and check CUDA_VISIBLE_DEVICES")

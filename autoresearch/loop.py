@@ -131,6 +131,15 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
         from autoresearch.proposers import get_proposer
 
         proposer = get_proposer(config.proposer, config.options)
+        built = True
+    else:
+        built = False
+    if config.preflight:  # one line naming the fix, before results/<tag>/ exists or anything trains
+        from autoresearch.doctor import preflight
+
+        profile = config.profile or os.environ.get("AUTORESEARCH_PROFILE") or detect_profile()
+        preflight(config.repo_root, profile, config.proposer if built else None, config.options,
+                  {**os.environ, **config.extra_env})
     view = view or make_view(config.tag)
     paths.dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -142,3 +142,27 @@ def plot_compare(runs: list[tuple[list[dict], dict]], path: Path) -> Path:
                         f"{s['counts']['keep']} kept" for _, s in runs)
     _finish(fig, ax, Path(path), title, low, high)
     return Path(path)
+
+
+def plot_arms(summary: dict, path: Path) -> Path:
+    """An A/B (ab_report.ab_summary): each arm's running best from the shared baseline, one
+    colour per arm, the baseline as a dashed line."""
+    fig, ax = _figure()
+    base = summary["baseline"]["val_bpb"]
+    ax.axhline(base, color="#888888", linestyle="--", linewidth=1, label=f"Shared baseline {base:.6f}")
+    lows = [base]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        for i, arm in enumerate(summary["arms"]):
+            points = arm["running_best"]
+            xs = [p["experiment"] for p in points] + [max(arm["last_experiment"], points[-1]["experiment"])]
+            ys = [p["val_bpb"] for p in points] + [points[-1]["val_bpb"]]
+            color = COMPARE_COLORS[i % len(COMPARE_COLORS)]
+            ax.step(xs, ys, where="post", color=color, linewidth=2, alpha=0.85, zorder=3,
+                    label=f"{arm['name']}: best {ys[-1]:.6f} after {arm['experiments']} experiments")
+            ax.scatter(xs[1:-1], ys[1:-1], c=color, s=40, zorder=4, edgecolors="black", linewidths=0.5)
+            lows.append(ys[-1])
+    low, high = y_range(base, min(lows))
+    title = f"A/B {summary['tag']}: running best per arm"
+    _finish(fig, ax, Path(path), title, low, high)
+    return Path(path)
