@@ -27,7 +27,7 @@ MIN_DELTA = 1e-4  # val_bpb: below this a gain is not worth a keep, whatever the
 # One-sided tail levels of the gain's t statistic (gain / standard error of the difference):
 CLEAR_LEVEL = 0.005  # one trial this far above zero is kept at once (about 2.6 sigma)
 KEEP_LEVEL = 0.05  # after the confirm, the mean gain must be significant at 5 %
-LOW_LEVEL = 0.16  # one trial not even 1 sigma above zero is discarded without a confirm
+LOW_LEVEL = 0.31  # one trial not even half a sigma above zero is discarded without a confirm
 MAX_TRIALS = 2  # a candidate is measured at most twice (its first trial and one confirm)
 
 
@@ -101,6 +101,6 @@ def judge(rule: str, candidate: Sequence[float], best: Sequence[float], noise: N
         return Verdict("keep", mean, delta, z, f"{text}: a clear win", noise.sigma)
     # The lower edge uses the normal quantile, not t: with few degrees of freedom t would send
     # almost everything to a discard, while a confirm is exactly what adds a degree of freedom.
-    if z <= float(stats.norm.ppf(1 - LOW_LEVEL)):
+    if z <= float(stats.norm.ppf(1 - LOW_LEVEL)):  # LOW_LEVEL is looked up here, bench/keep_rule.py tunes it
         return Verdict("discard", mean, delta, z, f"{text}: within the noise", noise.sigma)
     return Verdict("confirm", mean, delta, z, f"{text}: grey zone, confirming", noise.sigma)

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autoresearch import keep_rule  # noqa: E402
 from autoresearch.config import RunConfig  # noqa: E402
 from autoresearch.ledger import Ledger  # noqa: E402
 from autoresearch.live import View  # noqa: E402
@@ -160,8 +161,14 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--sigma", type=float, default=5e-4, help="run-to-run noise of val_bpb (H100: a few 1e-4)")
     parser.add_argument("--min-delta", type=float, default=1e-4)
+    parser.add_argument("--rules", default="greedy,noise")
+    # For tuning the noise rule's constants (autoresearch/keep_rule.py); the defaults are its own.
+    parser.add_argument("--low-level", type=float, default=keep_rule.LOW_LEVEL)
+    parser.add_argument("--keep-level", type=float, default=keep_rule.KEEP_LEVEL)
+    parser.add_argument("--clear-level", type=float, default=keep_rule.CLEAR_LEVEL)
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {"greedy": [], "noise": []}
+    keep_rule.LOW_LEVEL, keep_rule.KEEP_LEVEL, keep_rule.CLEAR_LEVEL = args.low_level, args.keep_level, args.clear_level
+    results: dict[str, list[dict]] = {rule: [] for rule in args.rules.split(",")}
     with tempfile.TemporaryDirectory(prefix="autoresearch-keep-rule-") as tmp:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for rule in results:
@@ -172,7 +179,7 @@ def main() -> None:
           f"optimum {BASE:.6f}; {args.experiments} experiments x {args.seeds} seeds per rule; min-delta {args.min_delta:g}\n")
     print("| rule | experiments | kept | false keeps | missed wins | final true val_bpb | trials (GPU time) |")
     print("|---|---|---|---|---|---|---|")
-    greedy_trials = statistics.fmean(r["trials"] for r in results["greedy"])
+    greedy_trials = statistics.fmean(r["trials"] for r in results.get("greedy") or next(iter(results.values())))
     for rule, rs in results.items():
         mean = lambda key: statistics.fmean(r[key] for r in rs)  # noqa: E731
         finals = [r["final_true"] for r in rs]

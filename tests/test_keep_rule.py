@@ -38,9 +38,10 @@ def test_a_grey_zone_win_that_the_confirm_reverses_is_discarded():
     assert v.decision == "discard" and "after 2 trials" in v.why
 
 
-def test_a_loss_and_a_gain_within_one_sigma_are_discarded_without_a_confirm():
+def test_a_loss_and_a_gain_within_half_a_sigma_are_discarded_without_a_confirm():
     assert judge("noise", [1.0040], BEST, SIGMA).decision == "discard"
-    assert judge("noise", [1.0002], BEST, SIGMA).decision == "discard"  # 0.0003 better: 0.49 x its error
+    assert judge("noise", [1.0003], BEST, SIGMA).decision == "discard"  # 0.0002 better: 0.33 x its error
+    assert judge("noise", [1.0001], BEST, SIGMA).decision == "confirm"  # 0.0004 better: 0.65 x
 
 
 def test_a_gain_below_min_delta_is_discarded_whatever_the_noise():
