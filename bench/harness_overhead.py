@@ -70,9 +70,9 @@ class TimingView(View):
         self.events.append((time.perf_counter(), name))
         super().phase(experiment, name, budget, timeout)
 
-    def row(self, row, delta):
+    def row(self, row, delta, standing=None):
         self.events.append((time.perf_counter(), "row"))
-        super().row(row, delta)
+        super().row(row, delta, standing)
 
 
 def per_experiment(events: list[tuple[float, str]]) -> list[dict[str, float]]:
