@@ -268,8 +268,10 @@ def seed_arm(cfg: ABConfig, arm: Arm, baseline: list, loop) -> None:
                 f"your checkout is at {head[:7]} but the A/B's baseline trained {base[:7]}: check out "
                 f"{base[:7]} to add arm {arm.spec} (or start a new --tag)")
         # max_experiments 0: the loop creates the branch, worktree and run.json, and stops.
-        loop.run(run_config(cfg, tag, arm.backend, arm.options(cfg.base_url), max_experiments=0),
-                 view=ArmView(arm.name, tag, quiet=True))
+        outcome = loop.run(run_config(cfg, tag, arm.backend, arm.options(cfg.base_url), max_experiments=0),
+                           view=ArmView(arm.name, tag, quiet=True))
+        if outcome.state == "stopped":
+            raise KeyboardInterrupt
     arm_base = RunState.load(folder / "run.json").get("base_commit") or ""
     if arm_base != base:
         raise AutoresearchError(f"run {tag} starts at {arm_base[:7]}, not at the baseline's {base[:7]}; "
@@ -304,14 +306,17 @@ def interleave(cfg: ABConfig, baseline: list, loop) -> ABOutcome:
     """The arms take turns, one experiment each, the one with the fewest first."""
     started = time.monotonic()
     done = {arm.name: finished(cfg, arm, baseline) for arm in cfg.arms}
-    active = [a for a in cfg.arms if cfg.max_experiments is None or done[a.name] < cfg.max_experiments]
-    why = f"--max-experiments {cfg.max_experiments} per arm"
-    while active:
+    ended: dict[str, str] = {}  # arm -> why it takes no more turns
+    limit = f"--max-experiments {cfg.max_experiments}"
+    for arm in cfg.arms:
+        if cfg.max_experiments is not None and done[arm.name] >= cfg.max_experiments:
+            ended[arm.name] = limit
+    while len(ended) < len(cfg.arms):
         hours = (time.monotonic() - started) / 3600
         if cfg.max_hours is not None and hours >= cfg.max_hours:
-            why = f"--max-hours {cfg.max_hours:g}"
+            ended.update({a.name: f"--max-hours {cfg.max_hours:g}" for a in cfg.arms if a.name not in ended})
             break
-        arm = min(active, key=lambda a: done[a.name])  # min() keeps --arm order among ties
+        arm = min((a for a in cfg.arms if a.name not in ended), key=lambda a: done[a.name])  # ties: --arm order
         tag = cfg.arm_tag(arm)
         say(f"[ab {cfg.tag}] arm {arm.name}: experiment {done[arm.name] + 1}"
             + (f" of {cfg.max_experiments}" if cfg.max_experiments else ""))
@@ -324,13 +329,15 @@ def interleave(cfg: ABConfig, baseline: list, loop) -> ABOutcome:
             return ABOutcome(130, f"stopped; resume with the same `autoresearch ab --tag {cfg.tag}` command", done)
         now = finished(cfg, arm, baseline)
         if now <= done[arm.name]:  # its --max-cost (or the hours) ran out before a new experiment
-            say(f"[ab {cfg.tag}] arm {arm.name} stops: {outcome.message}")
-            active.remove(arm)
+            said = re.match(r"done \((.*)\): \d+ experiments", outcome.message)
+            why = said.group(1) if said else outcome.message
+            ended[arm.name] = why
+            say(f"[ab {cfg.tag}] arm {arm.name} takes no more turns: {why}")
         done[arm.name] = now
-        if cfg.max_experiments is not None and now >= cfg.max_experiments and arm in active:
-            active.remove(arm)
-    counts = ", ".join(f"{name} {n}" for name, n in done.items())
-    message = f"done ({why}): experiments per arm: {counts}; see `autoresearch report --tag {cfg.tag}`"
+        if cfg.max_experiments is not None and now >= cfg.max_experiments:
+            ended[arm.name] = limit
+    counts = ", ".join(f"{name} {n} ({ended.get(name, '-')})" for name, n in done.items())
+    message = f"done: experiments per arm: {counts}; see `autoresearch report --tag {cfg.tag}`"
     say(message)
     return ABOutcome(0, message, done)
 

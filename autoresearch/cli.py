@@ -153,6 +153,8 @@ def report(
         if tag and len(tag) == 1 and not results and _ab_root(root, tag[0]):  # an A/B: its arms side by side
             from autoresearch.ab_report import run_ab_report
 
+            if markdown:
+                raise AutoresearchError(f"--markdown is not available for the A/B {tag[0]} yet; use --json")
             run_ab_report(_ab_root(root, tag[0]), tag[0], as_json, plot, no_plot)
             return
         run_report(tag or [], results or [], root, as_json, markdown, plot, no_plot, top, noise)

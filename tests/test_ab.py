@@ -102,7 +102,8 @@ def test_ab_shares_one_baseline_interleaves_the_arms_and_reports_them_side_by_si
                           cwd=lab, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert turns(done.stdout) == ["hparam", "command", "hparam", "command"]
-    assert done.stdout.splitlines()[-1].startswith("done (--max-experiments 2 per arm)")
+    assert done.stdout.splitlines()[-1].startswith(
+        "done: experiments per arm: hparam 2 (--max-experiments 2), command 2 (--max-experiments 2)")
 
     baseline = rows(lab, "x")
     assert [(r.experiment, r.status, r.role) for r in baseline] == [(0, "trial", "baseline"), (0, "keep", "repeat")]
@@ -189,3 +190,15 @@ def test_a_plain_run_tag_is_not_taken_for_an_ab(lab):
     assert done.returncode == 0, done.stderr
     again = subprocess.run(ab(*ARMS), cwd=lab, capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "results/x is a run, not an A/B" in again.stderr
+
+
+@pytest.mark.slow
+def test_max_cost_is_per_arm_and_an_arm_that_reaches_it_takes_no_more_turns(lab, tmp_path):
+    steps = [{"VAL": 0.99, "claude_cost": 0.25}, {"VAL": 0.98, "claude_cost": 0.25}, {"VAL": 0.97, "claude_cost": 0.25}]
+    done = subprocess.run(ab(*ARMS, "--max-experiments", "3", "--max-cost", "0.3", "--baseline-repeats", "1"),
+                          cwd=lab, env=agent_env(tmp_path, steps), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert turns(done.stdout) == ["hparam", "command", "hparam", "command", "hparam", "command"]
+    assert "[ab x] arm command takes no more turns: --max-cost 0.3 (spent $0.5000)" in done.stdout
+    assert len(own(lab, "x-hparam")) == 3  # the free arm is not held back by the other's budget
+    assert [e.first.description for e in own(lab, "x-command")] == ["set VAL 0.99", "set VAL 0.98"]
