@@ -236,6 +236,7 @@ def summarize(table: Table, run: dict | None = None, tag: str | None = None,
         "improvements": len(hits),
         "within_noise": sum(1 for k in hits if k["within_noise"]),
         "kept": kept,
+        "heldout": heldout_check(kept, noise_of(experiments).sigma),
         "top_hits": hits,
         "timing": timing(rows, run, len(experiments)),
         "crash_reasons": crash_reasons(rows, table.columns),
@@ -298,7 +299,38 @@ def _brief(row: dict | None) -> dict | None:
     if row is None:
         return None
     return {key: row.get(key) for key in (
-        "experiment", "commit", "val_bpb", "memory_gb", "description", "proposer", "model")}
+        "experiment", "commit", "val_bpb", "memory_gb", "description", "proposer", "model",
+        "audit", "audit_val_bpb", "heldout_bpb")}
+
+
+OVERFIT_FLOOR = 1e-3
+"""The smallest held-out shortfall (bits per byte) flagged when the noise is not known.
+
+A kept step is flagged as fitting the validation set when held-out improved by less than val
+did, short by more than max(half the val gain, 2 sigma, OVERFIT_FLOOR). Both numbers come from
+the same audited model and the splits are random document samples of one corpus, so an honest
+change moves them alike: a shortfall beyond half the gain and beyond the run-to-run noise (sigma,
+the pooled val_bpb spread; the gap between the splits varies less, as both read one model) is not
+sampling. Held-out getting worse while val improved is the plainest case of it."""
+
+
+def heldout_check(kept: list[dict], sigma: float | None) -> dict:
+    """Val and held-out side by side along the kept chain, each step judged as above."""
+    chain = [k for k in kept if k.get("heldout_bpb") is not None and k.get("audit_val_bpb") is not None]
+    threshold_floor = max(2 * sigma if sigma else 0.0, OVERFIT_FLOOR)
+    steps, previous = [], None
+    for k in chain:
+        step = {"experiment": k["experiment"], "commit": k["commit"], "val_bpb": k["audit_val_bpb"],
+                "heldout_bpb": k["heldout_bpb"], "val_gain": None, "heldout_gain": None, "diverges": False}
+        if previous is not None:
+            val_gain = round(previous["val_bpb"] - step["val_bpb"], 9)
+            heldout_gain = round(previous["heldout_bpb"] - step["heldout_bpb"], 9)
+            step["val_gain"], step["heldout_gain"] = val_gain, heldout_gain
+            step["diverges"] = val_gain > 0 and val_gain - heldout_gain > max(val_gain / 2, threshold_floor)
+        steps.append(step)
+        previous = step
+    return {"steps": steps, "diverges": any(s["diverges"] for s in steps),
+            "threshold": threshold_floor, "audited_keeps": len(chain)}
 
 
 def _run_info(run: dict | None) -> dict | None:

@@ -76,6 +76,8 @@ def run(
     profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
     time_budget: float = typer.Option(None, "--time-budget", min=0.1, help="Training seconds per experiment (default: the profile's)."),
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run (default: budget + max(budget, 120))."),
+    audit: str = typer.Option("on", "--audit", help="on: every keep is re-evaluated from the base commit's prepare.py (val and held-out); off: for labs whose train.py hands over no model."),
+    sandbox: str = typer.Option("auto", "--sandbox", help="on, off or auto (bubblewrap when it works here, else a warning): training cannot write outside its run folder, reach the network or read the held-out split."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """Run experiments all night: propose one change, train, keep it if val_bpb went down beyond the noise."""

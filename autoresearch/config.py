@@ -57,6 +57,8 @@ class RunConfig:
     training_command: list[str] | None = None  # default: python train.py (the runner's)
     extra_env: dict[str, str] = field(default_factory=dict)  # more lab variables for training
     preflight: bool = True  # doctor.preflight before anything trains (gpu, data, disk, key, agent)
+    audit: str = "on"  # on: every keep is re-evaluated from the base prepare.py (trust.py); off: not
+    sandbox: str = "auto"  # on | off | auto (bubblewrap when it works here, else a warning)
 
     def __post_init__(self):
         check_tag(self.tag)
@@ -66,6 +68,10 @@ class RunConfig:
             raise AutoresearchError(f"bad --keep-rule {self.keep_rule!r}: use {' or '.join(RULES)}")
         if self.baseline_repeats < 1:
             raise AutoresearchError(f"bad --baseline-repeats {self.baseline_repeats}: train the baseline at least once")
+        if self.audit not in ("on", "off"):
+            raise AutoresearchError(f"bad --audit {self.audit!r}: use on or off")
+        if self.sandbox not in ("on", "off", "auto"):
+            raise AutoresearchError(f"bad --sandbox {self.sandbox!r}: use on, off or auto")
         if self.min_delta < 0:
             raise AutoresearchError(f"bad --min-delta {self.min_delta:g}: a gain, 0 or more")
         self.repo_root = Path(self.repo_root)

@@ -56,7 +56,7 @@ def fresh_tag(root: Path) -> str:
 
 
 def run_demo(repo: Path | None = None, budget: float = BUDGET, experiments: int = EXPERIMENTS,
-             view=None) -> int:
+             view=None, audit: str = "on") -> int:
     """Prepare if needed, run baseline + `experiments` hparam experiments, print a summary."""
     root = find_lab(Path(repo or Path.cwd()).resolve())
     if not corpus_ready(cache_root()):
@@ -71,6 +71,7 @@ def run_demo(repo: Path | None = None, budget: float = BUDGET, experiments: int 
         profile="cpu",
         time_budget=budget,
         extra_env={"AUTORESEARCH_SOURCE": SOURCE},
+        audit=audit,  # sandbox: auto, bubblewrap where it is installed
     )
     outcome = run(config, view=view)
     summarize(root, tag, outcome)

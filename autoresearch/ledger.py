@@ -28,6 +28,9 @@ from autoresearch.keep_rule import Noise, pooled_noise
 from autoresearch.results import DECIDING, ResultsFile, Row
 
 
+HIDDEN_FROM_PROPOSER = ("heldout_bpb",)  # the audit's held-out number: the user's, not the proposer's
+
+
 @dataclass
 class Experiment:
     """The trials of one experiment number, in the order they were recorded."""
@@ -172,10 +175,11 @@ class Ledger:
 
     def history(self) -> list[dict]:
         """One dict per experiment for the proposer: its deciding (or latest) row, with val_bpb
-        the mean over its trials and `trials` their number."""
+        the mean over its trials and `trials` their number. Never the held-out numbers
+        (HIDDEN_FROM_PROPOSER): a proposer that saw them could fit the held-out split too."""
         entries = []
         for exp in self.experiments():
-            entry = exp.last.as_dict()
+            entry = {k: v for k, v in exp.last.as_dict().items() if k not in HIDDEN_FROM_PROPOSER}
             entry["trials"] = len(exp.rows)
             if exp.mean is not None and exp.status != "crash":
                 entry["val_bpb"] = round(exp.mean, 6)

@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ from autoresearch.proposers import Context, Proposal, ProposerError, Usage
 from autoresearch.proposers.command import AGENT_MARKER
 from autoresearch.results import Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
 from autoresearch.runner import RunResult, run_training, training_env
+from autoresearch.trust import HANDOFF_ENV, Audited, Trust, drop_models, model_path, rebuild_hint
 from autoresearch.workspace import Workspace
 
 __all__ = ["RunConfig", "RunOutcome", "run", "run_from_cli"]
@@ -89,6 +91,8 @@ class Trained:
     reason: str
     fixable: bool = False  # a crash the proposer may be shown (not a timeout, not a tampering)
     val_bpb: float = 0.0
+    cache_changed: bool = False  # the lab's cache changed: the run stops after this row
+    model: Path | None = None  # the model train.py handed over (when the audit is on)
 
 
 @dataclass
@@ -183,6 +187,7 @@ class Session:
         self.ledger = Ledger(paths.dir)
         self.state: dict = {}  # run.json as last saved
         self.workspace: Workspace | None = None
+        self.trust: Trust | None = None  # set in start(): sandbox, held-out watch, cache guard, audit
         self.best = Best("", None)
         self.failures_in_a_row = 0
         self.pauses = 0
@@ -263,10 +268,19 @@ class Session:
         """Judge the trials so far, write the row, and move the branch as the verdict says."""
         trial = len(earlier) + 1
         status, reason, verdict = self.verdict(change, earlier, trained)
+        audited = None
+        if status == "keep":
+            status, reason, verdict, audited = self.audit_keep(change, earlier, trained, (status, reason, verdict))
         role = ("baseline" if trial == 1 else "repeat") if change.baseline else (
             "candidate" if trial == 1 else "confirm")
         row = self.make_row(change, trial, role, status, reason, trained.result, usage, started_at, t0, verdict)
+        self.mark_trust(row, audited)
         self.record(row, previous=self.best)
+        drop_models(self.paths.run_dir(change.number), keep=trained.model if status == "keep" else None)
+        if trained.cache_changed:
+            raise AutoresearchError(
+                f"the lab's cache changed during experiment {change.number} ({trained.reason}); "
+                f"{rebuild_hint(self.trust.lab)}")
         if change.baseline and status == "crash":
             raise AutoresearchError(
                 f"the unmodified baseline crashed ({reason}); see {self.paths.log(change.number, trial)}, "
@@ -287,6 +301,36 @@ class Session:
         verdict = judge(self.config.keep_rule, values, self.best.values, noise, self.config.min_delta)
         status = {"keep": "keep", "discard": "discard", "confirm": "trial"}[verdict.decision]
         return status, verdict.why, verdict
+
+    def audit_keep(self, change: Change, earlier: list[Row], trained: Trained,
+                   decided: tuple) -> tuple[str, str, Verdict | None, Audited | None]:
+        """A row about to be kept: the cache re-hashed, then its model re-evaluated by the base
+        commit's prepare.py (trust.py). A failure makes the row a crash: its number is not a
+        measurement the record can use (not in the noise, not the best's). A pass judges again
+        with the audited number, so nothing is gained inside the tolerance."""
+        changes = self.trust.cache_changes(full=True)
+        if changes:
+            trained.cache_changed, trained.reason = True, "; ".join(changes)
+            return "crash", trained.reason, None, None
+        if not self.trust.audit:
+            return (*decided, None)
+        self.view.phase(change.number, "auditing")
+        audited = self.trust.audit_keep(trained.model, trained.val_bpb, self.training_env(len(earlier) + 1))
+        if not audited.ok:
+            return "crash", audited.reason, None, audited
+        trained.val_bpb = round(audited.result.val_bpb, 6)
+        trained.result.metrics["val_bpb"] = trained.val_bpb
+        status, reason, verdict = self.verdict(change, earlier, trained)
+        return status, reason, verdict, audited
+
+    def mark_trust(self, row: Row, audited: Audited | None) -> None:
+        row.sandbox = self.trust.isolation
+        if not self.trust.audit:
+            row.audit = "off"
+        elif audited is not None:
+            row.audit = "pass" if audited.ok else "fail"
+            row.audit_val_bpb, row.heldout_bpb = audited.result.val_bpb, audited.result.heldout_bpb
+            row.audit_seconds = round(audited.result.seconds, 1)
 
     def noise(self, number: int, values: list[float]) -> Noise:
         """Pooled over every experiment recorded, this one counted with its newest trial."""
@@ -326,6 +370,18 @@ class Session:
         self.view.start(self.proposer_name, cfg.options.model or "", [r.as_dict() for r in self.ledger.rows()],
                         self.standing())
         self.view.failed_cost(float(self.state.get("proposal_cost_usd") or 0))
+        self.trust = self.open_trust()
+
+    def open_trust(self) -> Trust:
+        """The audit, sandbox and cache guard of this session, from the base commit's prepare.py
+        (the code the proposer cannot edit)."""
+        try:
+            prepare_py = self.workspace.repo.git.show(f"{self.state['base_commit']}:prepare.py")
+        except GitCommandError:
+            raise AutoresearchError("the run's base commit has no prepare.py; this is not an autoresearch lab") from None
+        scratch = Path(self.config.repo_root) / ".autoresearch" / "scratch" / self.config.tag
+        return Trust.open(self.config.audit, self.config.sandbox, prepare_py, self.training_env(),
+                          scratch, self.view.note)
 
     def open_workspace(self) -> tuple[Workspace, dict]:
         """Create the run for a new tag, or continue it. A tag is new until results/<tag>/run.json
@@ -532,13 +588,18 @@ class Session:
         message = f"{_one_line(proposal.description)}\n\n{proposal.hypothesis}\n\nExperiment: {n}\n"
         return self.workspace.short(self.workspace.commit(message))
 
-    def train(self, n: int, trial: int) -> RunResult:
+    def train(self, n: int, trial: int, model: Path | None = None) -> RunResult:
+        """One training run: sandboxed when the session has a sandbox, told where to hand its
+        model over when the audit is on."""
         budget, timeout = self.budget_and_timeout()
         self.view.phase(n, "training", budget=budget, timeout=timeout)
-        return run_training(
-            self.workspace.path, self.paths.log(n, trial), timeout, self.training_env(trial),
-            command=self.config.training_command, pid_file=self.paths.training,
-        )
+        env = self.training_env(trial)
+        if model is not None:
+            env[HANDOFF_ENV] = str(model.resolve())
+        command = self.trust.command(self.config.training_command or [sys.executable, "train.py"],
+                                     self.workspace.path, self.paths.run_dir(n))
+        return run_training(self.workspace.path, self.paths.log(n, trial), timeout, env,
+                            command=command, pid_file=self.paths.training)
 
     def train_and_check(self, n: int, trial: int, folder: Path) -> "Trained":
         """Train the worktree's commit; anything the run wrote or changed besides train.py (a
@@ -549,23 +610,29 @@ class Session:
         # train.py runs as the user and can reach ../../../results/<tag>/: keep what we wrote.
         guarded = (self.ledger.path, self.paths.state, self.ledger.numbers_path)
         records = {path: read_bytes(path) for path in guarded}
-        result = self.train(n, trial)
+        model = model_path(folder, trial) if self.trust.audit else None
+        self.trust.before_run(model)
+        try:
+            result = self.train(n, trial, model)
+        finally:
+            watched, cache_changed = self.trust.after_run()  # also ends the held-out watch
         self.view.phase(n, "checking")
         reasons = [f"modified {path.name} (restored)" for path, data in records.items() if restore_bytes(path, data)]
+        reasons += watched  # a held-out read (unsandboxed), a changed cache file
         if not self.workspace.at(trained):
             reasons.append("changed the run branch (a git commit or checkout in the worktree)")
         elif stray := self.workspace.stray_changes():
             reasons.append(_stray_reason(stray, self.workspace))
         if reasons:
             self.workspace.revert_to(trained)
-            return Trained(result, "crash", "; ".join(reasons))
+            return Trained(result, "crash", "; ".join(reasons), cache_changed=cache_changed)
         if result.status != "ok":
             return Trained(result, "crash", result.reason or result.status,
                            fixable=result.status in ("crash", "diverged"))
         val = result.metrics.get("val_bpb")
         if not isinstance(val, (int, float)) or not math.isfinite(val):
             return Trained(result, "crash", f"val_bpb is {val}")
-        return Trained(result, "ok", "", val_bpb=float(val))  # settle() judges it
+        return Trained(result, "ok", "", val_bpb=float(val), model=model)  # settle() judges it
 
     def make_row(self, change: Change, trial: int, role: str, status: str, reason: str, result: RunResult,
                  usage: Usage, started_at: str, t0: float, verdict: Verdict | None) -> Row:

@@ -191,6 +191,18 @@ def run_sections(s: dict, top: int) -> list[Section]:
                               "-" if k.get("margin_sigma") is None else f"{k['margin_sigma']:.1f}",
                               "noise?" if k["within_noise"] else "", k["description"] or ""])
         sections.append(kept)
+    h = s.get("heldout") or {}
+    if h.get("steps"):
+        table = Section("Validation and held-out along the kept chain (audited; the proposer never sees held-out)",
+                        headers=["experiment", "commit", "val_bpb", "held-out", "val gain", "held-out gain", ""],
+                        note=("held-out diverges from val: a kept change fitted the validation set (held-out "
+                              "gained less than val by more than half the gain and "
+                              f"{h['threshold']:.0e}); see the flagged rows") if h["diverges"] else "")
+        for step in h["steps"]:
+            table.rows.append([str(step["experiment"]), step["commit"] or "", _bpb(step["val_bpb"]),
+                               _bpb(step["heldout_bpb"]), _gain(step["val_gain"]), _gain(step["heldout_gain"]),
+                               "overfit val?" if step["diverges"] else ""])
+        sections.append(table)
     if s["top_hits"]:
         hits = Section(f"Top hits by gain (top {min(top, len(s['top_hits']))} of {len(s['top_hits'])})",
                        headers=["rank", "gain", "val_bpb", "experiment", "description"])

@@ -82,6 +82,12 @@ SCHEMA: tuple[Column, ...] = (
     Column("mean_val_bpb", _opt_float, 6, since=2),  # the experiment's mean, on its deciding row
     Column("delta", _opt_float, 6, since=2),  # mean minus the best's mean it was judged against
     Column("sigma", _opt_float, 6, since=2),  # the pooled noise estimate the verdict used
+    # schema 3: trusting the number (issue 9)
+    Column("audit", _text, since=3),  # pass | fail (a keep's audit); off (--audit off); "" not audited
+    Column("audit_val_bpb", _opt_float, 6, since=3),  # val_bpb recomputed by the base prepare.py
+    Column("heldout_bpb", _opt_float, 6, since=3),  # the held-out split's; never shown to the proposer
+    Column("audit_seconds", _opt_float, 1, since=3),  # what the audit cost
+    Column("sandbox", _text, since=3),  # bwrap | watch (unsandboxed, held-out watched) | none
 )
 COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA)
 PARSERS: dict[str, Callable[[str], object]] = {c.name: c.parse for c in SCHEMA}
@@ -141,6 +147,11 @@ class Row:
     mean_val_bpb: float | None = None
     delta: float | None = None
     sigma: float | None = None
+    audit: str = ""
+    audit_val_bpb: float | None = None
+    heldout_bpb: float | None = None
+    audit_seconds: float | None = None
+    sandbox: str = ""
 
     def to_fields(self) -> list[str]:
         """The row as results.tsv text fields (a crash reads 0.000000 / 0.0, like upstream)."""

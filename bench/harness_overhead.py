@@ -116,7 +116,7 @@ def main() -> None:
         root = make_repo(Path(tmp))
         view = TimingView()
         config = RunConfig(repo_root=root, tag="bench", profile="cpu", time_budget=1, timeout=60,
-                           max_experiments=args.experiments + 1, keep_rule="greedy", baseline_repeats=1)
+                           max_experiments=args.experiments + 1, keep_rule="greedy", baseline_repeats=1, audit="off")
         start = time.perf_counter()
         run(config, proposer=InstantProposer(), view=view)
         wall = time.perf_counter() - start

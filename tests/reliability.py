@@ -80,7 +80,7 @@ def secret_env(**extra) -> dict[str, str]:
 
 def harness_command(*args: str, tag: str = "t") -> list[str]:
     return [sys.executable, "-m", "autoresearch", "run", "--tag", tag, "--profile", "cpu",
-            "--time-budget", "5", "--timeout", "60", "--keep-rule", "greedy", "--baseline-repeats", "1", *args]
+            "--time-budget", "5", "--timeout", "60", "--keep-rule", "greedy", "--baseline-repeats", "1", "--audit", "off", *args]
 
 
 class Harness:

@@ -27,7 +27,7 @@ def lab(tmp_repo) -> Path:
 
 def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "autoresearch", "run", "--tag", "t", "--profile", "cpu",
-            "--time-budget", "5", "--timeout", "60", "--keep-rule", "greedy", "--baseline-repeats", "1", *args]
+            "--time-budget", "5", "--timeout", "60", "--keep-rule", "greedy", "--baseline-repeats", "1", "--audit", "off", *args]
 
 
 def agent_env(tmp_path: Path, steps: list, **extra) -> dict:

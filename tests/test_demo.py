@@ -36,8 +36,9 @@ def test_demo_prepares_once_then_runs_the_baseline_and_three_hparam_experiments(
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
     monkeypatch.chdir(root)
 
-    assert run_demo(view=View("demo", quiet=True)) == 0
-    assert run_demo(view=View("demo", quiet=True)) == 0
+    # the stand-in prepare.py has no handoff evaluation: the real lab's demo audits (the slow test)
+    assert run_demo(view=View("demo", quiet=True), audit="off") == 0
+    assert run_demo(view=View("demo", quiet=True), audit="off") == 0
 
     assert (cache / "prepare-calls.log").read_text() == "--profile cpu --source stdlib cpu\n"
     tags = sorted(p.name for p in (root / "results").iterdir())

@@ -143,7 +143,8 @@ def run_case(root: Path, steps, timeout: float = 60, experiments: int = 3, **ove
     proposer.can_fix = False
     cfg = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=timeout,
                pause_seconds=0.01, max_experiments=experiments,
-               keep_rule="greedy", baseline_repeats=1)  # one trial each: these tests are about faults
+               keep_rule="greedy", baseline_repeats=1, audit="off",  # one trial each: these tests are about faults
+               sandbox="off")  # the unsandboxed guards (tests/test_faults_trust.py runs the sandbox)
     cfg.update(overrides)
     view = RecordingView()
     outcome = run(RunConfig(**cfg), proposer=proposer, view=view)
@@ -232,7 +233,7 @@ def test_a_fault_with_fix_attempts_that_fault_again_still_leaves_everything_cons
     proposer = ScriptedProposer([replace_with(crash, "idea"), replace_with(nan, "fix 1"),
                                  replace_with(FAULTS["syntax_error"][0], "fix 2"), {"VAL": 0.9}])
     run(RunConfig(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=60, max_experiments=3,
-                  keep_rule="greedy", baseline_repeats=1),
+                  keep_rule="greedy", baseline_repeats=1, audit="off"),
         proposer=proposer, view=RecordingView())
     rows = check_invariants(root, "t", user, rows=3)
     assert [r.status for r in rows] == ["keep", "crash", "keep"]

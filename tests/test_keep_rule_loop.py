@@ -32,7 +32,8 @@ def noisy_lab(tmp_repo) -> Path:
 
 
 def noise_config(root: Path, **overrides) -> RunConfig:
-    values = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01)
+    values = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01,
+                  audit="off")  # the stand-in hands over no model
     values.update(overrides)
     return RunConfig(**values)  # the defaults: --keep-rule noise, --baseline-repeats 2
 

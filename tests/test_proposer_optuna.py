@@ -205,7 +205,7 @@ def test_the_real_loop_tells_every_row_to_the_study_and_a_resume_continues_it(tm
     run_dir = lab / "results" / "t"
     options = ProposerOptions(seed=0, run_dir=run_dir)
     values = dict(repo_root=lab, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01,
-                  proposer="optuna", options=options)
+                  proposer="optuna", options=options, audit="off")
     from test_loop import RecordingView
 
     assert run(RunConfig(max_experiments=3, **values), view=RecordingView()).experiments == 3

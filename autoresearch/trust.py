@@ -1,0 +1,191 @@
+"""Trusting the number (issue 9), as the loop uses it: sandbox, held-out watch, cache guard, audit.
+
+    trust = Trust.open(config, prepare_py, env, note)   # once per session (Session.start)
+    argv = trust.command(argv, worktree, run_dir)       # training inside bubblewrap, when on
+    trust.before_run(model_path)                        # no stale model; the held-out watch on
+    reasons, stop = trust.after_run()                   # held-out reads, cache changes (quick)
+    audited = trust.audit_keep(model_path, printed, env)  # a row about to be kept
+
+The lab's own answers come from the run's base commit: its prepare.py (the text the audit runs)
+says where the cache and the held-out split are. A lab whose prepare.py has no `evaluate_handoff`
+(the stand-in labs of the tests, an old fork) cannot be audited: `--audit on` refuses it at the
+start, `--audit off` runs without the audit and every row says `audit=off`.
+"""
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from autoresearch.audit import AUDIT_TOLERANCE, CAUSAL_TOLERANCE, AuditResult, audit_model, matches
+from autoresearch.cache_guard import CacheGuard
+from autoresearch.errors import AutoresearchError
+from autoresearch.heldout_watch import HeldoutWatch
+from autoresearch.sandbox import Sandbox
+
+AUDIT_CHOICES = ("on", "off")
+SANDBOX_CHOICES = ("on", "off", "auto")
+HANDOFF_ENV = "AUTORESEARCH_HANDOFF"  # prepare.HANDOFF_ENV: where train.py's handoff_model saves
+
+_PROBE = """\
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import prepare
+root = prepare.CACHE_DIR / prepare.SOURCE
+print("LAB " + json.dumps({"cache": str(prepare.CACHE_DIR), "source": str(root),
+                           "manifest": str(root / prepare.MANIFEST_FILENAME)}))
+"""
+
+
+@dataclass
+class LabPaths:
+    cache: Path  # AUTORESEARCH_CACHE as prepare.py resolves it
+    source: Path  # <cache>/<source>/
+    manifest: Path  # <source>/manifest.json
+
+
+@dataclass
+class Audited:
+    """A kept row's audit: passed, or why not (one line for the row's reason)."""
+
+    result: AuditResult
+    ok: bool
+    reason: str = ""
+
+
+def supports_audit(prepare_py: str) -> bool:
+    """A prepare.py with the handoff evaluation and the cache manifest (issue 9's lab)."""
+    return "def evaluate_handoff(" in prepare_py and "MANIFEST_FILENAME" in prepare_py
+
+
+def probe_lab(prepare_py: str, env: Mapping[str, str], timeout: float = 120.0) -> LabPaths:
+    """Ask the base commit's prepare.py, in a fresh process with the lab's environment, where
+    its cache is (the same resolution train.py and the audit get)."""
+    with tempfile.TemporaryDirectory(prefix="autoresearch-probe-") as folder:
+        (Path(folder) / "prepare.py").write_text(prepare_py)
+        (Path(folder) / "probe.py").write_text(_PROBE)
+        env = {k: v for k, v in env.items() if k != HANDOFF_ENV}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        done = subprocess.run([sys.executable, "-E", str(Path(folder) / "probe.py"), folder], cwd=folder,
+                              env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("LAB ")]
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise AutoresearchError(f"cannot read the lab's settings from prepare.py: {last[:200]}")
+    found = json.loads(lines[-1][4:])
+    return LabPaths(Path(found["cache"]), Path(found["source"]), Path(found["manifest"]))
+
+
+class Trust:
+    """What one session does around every training run and every keep."""
+
+    def __init__(self, audit: bool, sandbox: Sandbox | None, lab: LabPaths | None, guard: CacheGuard | None,
+                 prepare_py: str, scratch: Path):
+        self.audit, self.sandbox, self.lab, self.guard = audit, sandbox, lab, guard
+        self.prepare_py, self.scratch = prepare_py, Path(scratch)
+        self.watch: HeldoutWatch | None = None
+
+    @classmethod
+    def open(cls, audit: str, sandbox: str, prepare_py: str, env: Mapping[str, str], scratch: Path,
+             note: Callable[[str], None]) -> "Trust":
+        """Decide the audit, the sandbox and the guard for this session; warn in one line each."""
+        capable = supports_audit(prepare_py)
+        if audit == "on" and not capable:
+            raise AutoresearchError(
+                "--audit on needs a prepare.py with evaluate_handoff and a cache manifest (this lab's "
+                "base commit has none); update the lab, or pass --audit off (rows then say audit=off)")
+        lab = guard = None
+        if capable:
+            lab = probe_lab(prepare_py, env)
+            guard = CacheGuard(lab.manifest)  # no manifest: a one-line "re-run prepare" error
+            stale = guard.full_changes()
+            if stale:
+                raise AutoresearchError(f"the cache does not match its manifest ({stale[0]}); {rebuild_hint(lab)}")
+        box = None
+        if sandbox != "off":
+            found = Sandbox.detect()
+            if found.available:
+                box = found
+            elif sandbox == "on":
+                raise AutoresearchError(f"--sandbox on, but {found.reason}; install bubblewrap or pass --sandbox off")
+            else:
+                note(f"warning: training runs unsandboxed ({found.reason}); held-out reads are only detected")
+        else:
+            note("warning: --sandbox off: training runs as you, unsandboxed; held-out reads are only detected")
+        if audit == "off":
+            note("warning: --audit off: kept rows are not re-evaluated (every row says audit=off)")
+        return cls(audit == "on", box, lab, guard, prepare_py, scratch)
+
+    @property
+    def isolation(self) -> str:
+        """The row's `sandbox` column: bwrap, watch (unsandboxed, held-out watched) or none."""
+        if self.sandbox is not None:
+            return "bwrap"
+        return "watch" if self.guard is not None and self.guard.heldout else "none"
+
+    def heldout_paths(self) -> list[Path]:
+        return self.guard.heldout_paths() if self.guard is not None else []
+
+    def command(self, argv: list[str], worktree: Path, run_dir: Path) -> list[str]:
+        if self.sandbox is None:
+            return argv
+        cache = self.lab.cache if self.lab is not None and self.lab.cache.exists() else worktree
+        return self.sandbox.wrap(argv, worktree=worktree, run_dir=run_dir, cache_dir=cache,
+                                 heldout_paths=self.heldout_paths(), scratch=self.scratch)
+
+    def before_run(self, model_path: Path | None) -> None:
+        if model_path is not None:
+            Path(model_path).unlink(missing_ok=True)  # a model left from before is not this run's
+        if self.sandbox is None and self.heldout_paths():
+            self.watch = HeldoutWatch(self.heldout_paths())
+            self.watch.start()
+
+    def after_run(self) -> tuple[list[str], bool]:
+        """(reasons the run is a crash, whether the cache changed: the run must stop)."""
+        reasons = self.watch.stop() if self.watch is not None else []
+        self.watch = None
+        changes = self.cache_changes(full=False)
+        return reasons + changes, bool(changes)
+
+    def cache_changes(self, full: bool) -> list[str]:
+        """Quick (size, mtime) after every run; full (sha256) for a keep or when quick sees one."""
+        if self.guard is None:
+            return []
+        if not full and not self.guard.quick_changes():
+            return []
+        return self.guard.full_changes()  # a touched mtime over the same bytes is no change
+
+    def audit_keep(self, model_path: Path, printed: float, env: Mapping[str, str]) -> Audited:
+        """Re-evaluate the handed-over model with the base commit's prepare.py (val and held-out)."""
+        result = audit_model(self.prepare_py, model_path, env)
+        if result.error:
+            return Audited(result, False, f"audit: {result.error}")
+        if not matches(printed, result.val_bpb):
+            return Audited(result, False, f"audit: train.py printed val_bpb {printed:.6f} but its model scores "
+                                          f"{result.val_bpb:.6f} (tolerance {AUDIT_TOLERANCE:g} relative)")
+        if not result.causal:
+            return Audited(result, False, f"audit: the model sees the tokens it predicts (causal gap "
+                                          f"{result.causal_gap:.3g} nats > {CAUSAL_TOLERANCE:g})")
+        return Audited(result, True)
+
+
+def rebuild_hint(lab: LabPaths | None) -> str:
+    """The one-line instruction after a cache change: rebuild the source from scratch (a re-run
+    on top of a tampered file would take the file as it is)."""
+    where = f"delete {lab.source} and " if lab is not None else ""
+    return f"{where}re-run prepare (python prepare.py with the same --profile/--source), then resume with --resume"
+
+
+def model_path(run_dir: Path, trial: int) -> Path:
+    """runs/NNNN/model.pt2 for trial 1, model.trialK.pt2 for trial K (like the logs)."""
+    return Path(run_dir) / ("model.pt2" if trial <= 1 else f"model.trial{trial}.pt2")
+
+
+def drop_models(run_dir: Path, keep: Path | None = None) -> None:
+    """Delete an experiment's handed-over models except `keep` (they are ~200 MB on the GPU)."""
+    for path in Path(run_dir).glob("model*.pt2*"):
+        if keep is None or path != Path(keep):
+            path.unlink(missing_ok=True)
