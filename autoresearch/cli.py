@@ -120,6 +120,8 @@ def ab(
     profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
     time_budget: float = typer.Option(None, "--time-budget", min=0.1, help="Training seconds per experiment (default: the profile's)."),
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run."),
+    audit: str = typer.Option("on", "--audit", help="on: every keep re-evaluated by the base prepare.py; off for labs that train no model."),
+    sandbox: str = typer.Option("auto", "--sandbox", help="on, off or auto (bubblewrap when it works here)."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """A/B: one shared baseline, then the arms take turns on the same GPU (A B A B ...); the same command resumes."""

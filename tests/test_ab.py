@@ -29,7 +29,7 @@ def lab(tmp_repo) -> Path:
 
 def ab(*args: str, tag: str = "x") -> list[str]:
     return [sys.executable, "-m", "autoresearch", "ab", "--tag", tag, "--profile", "cpu", "--time-budget", "5",
-            "--timeout", "60", "--keep-rule", "greedy", *args]
+            "--timeout", "60", "--keep-rule", "greedy", "--audit", "off", *args]
 
 
 def agent_env(tmp_path: Path, steps: list) -> dict:
@@ -185,7 +185,7 @@ def test_ctrl_c_stops_the_ab_and_the_same_command_resumes_in_turn(lab, tmp_path)
 
 def test_a_plain_run_tag_is_not_taken_for_an_ab(lab):
     done = subprocess.run([sys.executable, "-m", "autoresearch", "run", "--tag", "x", "--profile", "cpu",
-                           "--time-budget", "5", "--baseline-repeats", "1", "--max-experiments", "1"],
+                           "--time-budget", "5", "--baseline-repeats", "1", "--max-experiments", "1", "--audit", "off"],
                           cwd=lab, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     again = subprocess.run(ab(*ARMS), cwd=lab, capture_output=True, text=True, timeout=60)
