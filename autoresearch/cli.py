@@ -76,10 +76,12 @@ def run(
     profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
     time_budget: float = typer.Option(None, "--time-budget", min=0.1, help="Training seconds per experiment (default: the profile's)."),
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run (default: budget + max(budget, 120))."),
+    no_speculate: bool = typer.Option(False, "--no-speculate", help="Ask for the next proposal only after the last one trained (default: while it trains, for openai, anthropic and command)."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """Run experiments all night: propose one change, train, keep it if val_bpb went down beyond the noise."""
     options = dict(locals())  # the parameters above, by name: config.from_cli resolves them
+    options["speculate"] = not options.pop("no_speculate")
     from autoresearch.loop import run_from_cli
 
     with user_errors():

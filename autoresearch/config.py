@@ -56,6 +56,7 @@ class RunConfig:
     pause_max_seconds: float = 3600.0  # pauses double up to this
     training_command: list[str] | None = None  # default: python train.py (the runner's)
     extra_env: dict[str, str] = field(default_factory=dict)  # more lab variables for training
+    speculate: bool = True  # ask for the next proposal while one trains (slow proposers only; scheduler.py)
 
     def __post_init__(self):
         check_tag(self.tag)

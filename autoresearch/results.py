@@ -82,6 +82,10 @@ SCHEMA: tuple[Column, ...] = (
     Column("mean_val_bpb", _opt_float, 6, since=2),  # the experiment's mean, on its deciding row
     Column("delta", _opt_float, 6, since=2),  # mean minus the best's mean it was judged against
     Column("sigma", _opt_float, 6, since=2),  # the pooled noise estimate the verdict used
+    # schema 3: scheduling (issues 10, 11)
+    Column("speculation", _text, since=3),  # fresh | used | rebased | discarded-asked-again | failed-asked-again; empty for trials not proposed
+    Column("run_seconds", _opt_float, 1, since=3),  # wall time of the training process (the GPU busy)
+    Column("gpu_idle_seconds", _opt_float, 1, since=3),  # the GPU idle before this trial started (since the last training ended)
 )
 COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA)
 PARSERS: dict[str, Callable[[str], object]] = {c.name: c.parse for c in SCHEMA}
@@ -141,6 +145,9 @@ class Row:
     mean_val_bpb: float | None = None
     delta: float | None = None
     sigma: float | None = None
+    speculation: str = ""
+    run_seconds: float | None = None
+    gpu_idle_seconds: float | None = None
 
     def to_fields(self) -> list[str]:
         """The row as results.tsv text fields (a crash reads 0.000000 / 0.0, like upstream)."""

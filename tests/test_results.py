@@ -34,7 +34,8 @@ def keep_row(experiment: int, **kw) -> Row:
 
 def test_columns_start_with_upstreams_five_and_match_row_fields():
     assert COLUMNS[:5] == ("commit", "val_bpb", "memory_gb", "status", "description")
-    assert COLUMNS[20:] == ("role", "trial", "seed", "mean_val_bpb", "delta", "sigma")  # schema 2, appended
+    assert COLUMNS[20:26] == ("role", "trial", "seed", "mean_val_bpb", "delta", "sigma")  # schema 2, appended
+    assert COLUMNS[26:] == ("speculation", "run_seconds", "gpu_idle_seconds")  # schema 3, appended
     assert tuple(keep_row(0).as_dict()) == COLUMNS
 
 

@@ -1,0 +1,219 @@
+"""Speculative proposals (issue 10): the next idea is asked for while one trains, in a scratch
+worktree, and used, rebased or thrown away when the one training is decided. Real git, real
+training subprocesses, the real command proposer and CLI."""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import git
+import psutil
+import pytest
+
+from autoresearch.loop import RunConfig, run
+from autoresearch.proposers import ProposerError
+from autoresearch.results import ResultsFile, RunState
+from autoresearch.scheduler import changed_ranges, overlaps, rebase_train_py, speculates
+from invariants import check_invariants
+from reliability import Harness, wait_for
+from standin import TRAIN_PY, ScriptedProposer, make_lab, set_constants
+from test_loop import RecordingView
+
+TESTS = Path(__file__).resolve().parent
+AGENT = f"{sys.executable} {TESTS / 'standin_agent.py'}"
+
+
+@pytest.fixture
+def lab(tmp_repo) -> Path:
+    return make_lab(tmp_repo)
+
+
+def config(root: Path, **overrides) -> RunConfig:
+    values = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01,
+                  keep_rule="greedy", baseline_repeats=1)
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def rows(root: Path):
+    return ResultsFile(root / "results/t/results.tsv").rows()
+
+
+def slow_proposer(steps, cost=0.01) -> ScriptedProposer:
+    proposer = ScriptedProposer(steps, cost=cost)
+    proposer.speculative = True  # as openai, anthropic and command are
+    return proposer
+
+
+def worktrees(root: Path) -> list[str]:
+    return [line for line in git.Repo(root).git.worktree("list", "--porcelain").splitlines()
+            if line.startswith("worktree ")]
+
+
+# ---------------------------------------------------------------------------
+# Re-applying an idea on a new best
+# ---------------------------------------------------------------------------
+
+
+def test_an_idea_on_other_lines_is_rebased_and_one_on_the_same_lines_is_not():
+    kept = set_constants(TRAIN_PY, VAL=0.99)
+    other = set_constants(TRAIN_PY, SLEEP=0.5)
+    merged = rebase_train_py(TRAIN_PY, kept, other)
+    assert merged == set_constants(TRAIN_PY, VAL=0.99, SLEEP=0.5)
+    assert rebase_train_py(TRAIN_PY, kept, set_constants(TRAIN_PY, VAL=0.97)) is None
+    # JITTER is the line right after VAL: touching hunks count as the same spot.
+    assert rebase_train_py(TRAIN_PY, kept, set_constants(TRAIN_PY, JITTER={1: 0.1})) is None
+    assert overlaps([(4, 5)], [(5, 5)]) and not overlaps([(4, 5)], [(7, 8)])
+
+
+def test_only_slow_proposers_speculate():
+    from autoresearch.proposers.hparam import HparamProposer
+    from autoresearch.proposers.base import ProposerOptions
+
+    assert not speculates(HparamProposer(ProposerOptions()))
+    assert not speculates(ScriptedProposer([]))
+    assert speculates(slow_proposer([]))
+
+
+# ---------------------------------------------------------------------------
+# Through the loop
+# ---------------------------------------------------------------------------
+
+STEPS = [
+    {"VAL": 0.99},   # asked while the baseline trains: used; kept
+    {"SLEEP": 0.01},  # asked on the base while 1 trains; 1 is kept: rebased onto it (0.99, equal: discarded)
+    {"VAL": 0.98},   # asked on 1 while 2 trains; 2 is discarded: used; kept
+    {"VAL": 0.97},   # asked on 1 while 3 trains; 3 is kept and changed VAL too: thrown away...
+    {"VAL": 0.975},  # ...and asked again on 3: kept. No ask while 4 trains (--max-experiments 5)
+]
+
+
+def test_speculation_uses_rebases_or_discards_the_prepared_idea_and_records_how(lab):
+    proposer = slow_proposer(list(STEPS))
+    outcome = run(config(lab, max_experiments=5), proposer=proposer, view=RecordingView())
+
+    assert outcome.state == "done" and not proposer.steps  # every step asked, none past the limit
+    got = rows(lab)
+    assert [r.status for r in got] == ["keep", "keep", "discard", "keep", "keep"]
+    assert [r.speculation for r in got] == ["", "used", "rebased", "used", "discarded-asked-again"]
+    assert [f"{r.val_bpb:.3f}" for r in got] == ["1.000", "0.990", "0.990", "0.980", "0.975"]
+    assert [r.parent for r in got[1:]] == [got[0].commit, got[1].commit, got[1].commit, got[3].commit]
+    # The rebased experiment trained both changes, on top of the kept one.
+    diff = (lab / "results/t/runs/0002/diff.patch").read_text()
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert [line.split("#")[0].strip() for line in changed] == ["-SLEEP = 0.0", "+SLEEP = 0.01"]
+    assert "VAL = 0.99" in git.Repo(lab).git.show(f"{got[2].commit}:train.py")
+
+    # The speculative contexts say honestly what was still running, and worked in a scratch tree.
+    spec_ctx = proposer.contexts[1]  # asked for 2 while 1 trained
+    assert spec_ctx.experiment == 2 and spec_ctx.history[-1]["status"] == "running"
+    assert spec_ctx.history[-1]["experiment"] == 1 and spec_ctx.history[-1]["description"] == "set VAL 0.99"
+    assert "VAL = 1.0" in spec_ctx.train_py  # the best while 1 trained: the base
+    assert Path(spec_ctx.workdir).parent == lab / ".autoresearch" / "scratch" / "t"
+    assert proposer.contexts[4].history[-1]["status"] == "keep"  # the ask again: nothing running
+
+    # The thrown-away idea's cost counts; the used ones are on their rows.
+    assert RunState.load(lab / "results/t/run.json")["proposal_cost_usd"] == pytest.approx(0.01)
+    assert sum(r.cost_usd for r in got) == pytest.approx(0.04)
+    record = json.loads((lab / "results/t/runs/0004/proposal.json").read_text())
+    assert record["discarded"]["description"] == "set VAL 0.97" and record["speculation"] == "discarded-asked-again"
+    assert all(r.run_seconds is not None and r.run_seconds > 0 and r.gpu_idle_seconds >= 0 for r in got)
+    assert len(worktrees(lab)) == 2 and not any((lab / ".autoresearch/scratch/t").iterdir())
+    check_invariants(lab, rows=5)
+
+
+def test_no_speculate_asks_only_after_the_last_experiment_was_decided(lab):
+    proposer = slow_proposer([{"VAL": 0.99}, {"VAL": 0.98}])
+    run(config(lab, max_experiments=3, speculate=False), proposer=proposer, view=RecordingView())
+    assert [r.speculation for r in rows(lab)] == ["", "fresh", "fresh"]
+    assert all(entry["status"] != "running" for ctx in proposer.contexts for entry in ctx.history)
+
+
+def test_a_failed_speculative_ask_counts_as_a_failure_and_the_proposer_is_asked_again(lab):
+    proposer = slow_proposer([ProposerError("API down"), {"VAL": 0.99}])
+    run(config(lab, max_experiments=2), proposer=proposer, view=RecordingView())
+    got = rows(lab)
+    assert [r.speculation for r in got] == ["", "failed-asked-again"] and got[1].status == "keep"
+    assert RunState.load(lab / "results/t/run.json")["failed_proposals"] == 1
+
+
+def test_a_speculative_agent_that_writes_other_files_is_a_failed_proposal_and_training_is_untouched(
+        lab, tmp_path, monkeypatch):
+    """The command proposer works in the scratch worktree: its stray file fails that proposal,
+    never the training that runs meanwhile."""
+    from autoresearch.proposers import get_proposer
+    from autoresearch.proposers.base import ProposerOptions
+
+    flag, script, steps = tmp_path / "wrote", tmp_path / "agent.sh", tmp_path / "script.json"
+    script.write_text(f"[ -e {flag} ] || {{ touch {flag}; echo junk > notes.txt; }}\n{AGENT}\n")  # the first time
+    steps.write_text(json.dumps([{"VAL": 0.98}, {"VAL": 0.99}]))
+    monkeypatch.setenv("STANDIN_SCRIPT", str(steps))
+    agent = get_proposer("command", ProposerOptions(command=f"sh {script}", timeout=60))
+    run(config(lab, max_experiments=2), proposer=agent, view=RecordingView())
+    got = rows(lab)
+    assert got[0].status == "keep" and got[0].reason == ""  # the baseline trained beside the agent
+    record = json.loads((lab / "results/t/runs/0001/proposal.json").read_text())
+    assert "changed files other than train.py: notes.txt" in record["failures"][0]["error"]
+    assert got[1].speculation == "failed-asked-again" and got[1].description == "set VAL 0.99"
+    assert [r.status for r in got] == ["keep", "keep"]
+
+
+# ---------------------------------------------------------------------------
+# Stopping: Ctrl-C and kill -9 stop the speculative agent too
+# ---------------------------------------------------------------------------
+
+
+def _agent_env(tmp_path: Path, steps: list) -> tuple[dict, Path]:
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(steps))
+    return {**os.environ, "STANDIN_SCRIPT": str(script), "STANDIN_SLEEP": "4"}, script
+
+
+def _sleeping_agent(script: Path):
+    """The pid of the agent that took the script's last step (the sleep), once it runs: each
+    agent writes its pid, then pops its step."""
+    try:
+        pid = int(Path(f"{script}.pid").read_text())
+        left = json.loads(script.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if left == [] and psutil.pid_exists(pid) else None
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_an_idea_is_asked_speculatively_stops_the_agent_and_loses_nothing(lab, tmp_path):
+    env, script = _agent_env(tmp_path, [{"VAL": 0.99}, {"sleep": 120}])
+    harness = Harness(lab, ("--proposer", "command", "--command", AGENT), env, tmp_path / "out")
+    try:
+        agent = wait_for(lambda: _sleeping_agent(script), what="the speculative agent")
+        harness.signal(signal.SIGINT, group=True)  # a terminal's Ctrl-C: the whole group
+        assert harness.wait(60) == 130
+    finally:
+        harness.kill_group()
+    assert not psutil.pid_exists(agent) or psutil.Process(agent).status() == psutil.STATUS_ZOMBIE
+    got = check_invariants(lab)
+    assert [r.experiment for r in got] in ([0], [0, 1])
+    assert len(worktrees(lab)) == 2
+
+
+@pytest.mark.slow
+def test_kill_9_while_an_idea_is_asked_speculatively_then_resume_stops_the_orphaned_agent(lab, tmp_path):
+    env, script = _agent_env(tmp_path, [{"VAL": 0.99}, {"sleep": 120}])
+    harness = Harness(lab, ("--proposer", "command", "--command", AGENT), env, tmp_path / "out")
+    try:
+        agent = wait_for(lambda: _sleeping_agent(script), what="the speculative agent")
+        harness.kill_group()  # the agent lives on: it runs in a session of its own
+        harness.wait(30)
+        assert psutil.pid_exists(agent)
+        script.write_text(json.dumps([{"VAL": 0.98}]))
+        again = Harness(lab, ("--resume", "--max-experiments", "2", "--no-speculate", "--proposer", "command",
+                              "--command", AGENT), env, tmp_path / "out", name="resume")
+        assert again.wait(120) == 0, again.stderr()
+    finally:
+        harness.kill_group()
+    assert not psutil.pid_exists(agent) or psutil.Process(agent).status() == psutil.STATUS_ZOMBIE
+    got = check_invariants(lab, rows=2)
+    assert [r.experiment for r in got] == [0, 1]
+    assert len(worktrees(lab)) == 2 and not any((lab / ".autoresearch/scratch/t").iterdir())
