@@ -131,6 +131,21 @@ def test_no_speculate_asks_only_after_the_last_experiment_was_decided(lab):
     assert all(entry["status"] != "running" for ctx in proposer.contexts for entry in ctx.history)
 
 
+def test_the_report_says_how_much_of_the_night_the_gpu_trained(lab):
+    import io
+    import re
+
+    from autoresearch.report import run_report
+
+    run(config(lab, max_experiments=3), proposer=slow_proposer([{"VAL": 0.99}, {"SLEEP": 0.01}]), view=RecordingView())
+    out = io.StringIO()
+    run_report(tags=["t"], root=lab, no_plot=True, out=out)
+    got = rows(lab)
+    share = sum(r.run_seconds for r in got) / sum(r.run_seconds + r.gpu_idle_seconds for r in got)
+    found = re.search(r"the GPU trained (\d+\.\d)% of the night", out.getvalue())
+    assert found and float(found.group(1)) == pytest.approx(100 * share, abs=0.06)
+
+
 def test_a_failed_speculative_ask_counts_as_a_failure_and_the_proposer_is_asked_again(lab):
     proposer = slow_proposer([ProposerError("API down"), {"VAL": 0.99}])
     run(config(lab, max_experiments=2), proposer=proposer, view=RecordingView())
