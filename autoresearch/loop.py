@@ -232,7 +232,8 @@ class Session:
         record["speculation"] = how
         proposal, usage = idea, idea.usage
         commit = self.apply(n, proposal)
-        self.speculate(Change(n, commit, parent, idea.description, idea.hypothesis, self.proposer_name))
+        self.speculate(Change(n, commit, parent, idea.description, idea.hypothesis, self.proposer_name),
+                       spent=idea.usage.cost_usd)
         trained = self.train_and_check(n, 1, folder)
         for attempt in range(1, self.config.max_fix_attempts + 1):
             if not trained.fixable or not getattr(self.proposer, "can_fix", True):
@@ -518,11 +519,14 @@ class Session:
 
     # -- speculation (scheduler.py) ------------------------------------------------------------
 
-    def speculate(self, running: Change) -> None:
+    def speculate(self, running: Change, spent: float = 0.0) -> None:
         """While `running` trains, ask for the next idea against the current best, unless a
-        limit would keep it from being trained (no proposal is asked past --max-experiments)."""
+        limit would keep it from being trained (no proposal is asked past --max-experiments).
+        `spent`: what the running idea cost, not in a row yet."""
         cfg = self.config
         if not self.speculating or self.speculator.busy or self.limit_reached():
+            return
+        if cfg.max_cost is not None and self.total_cost() + spent >= cfg.max_cost:
             return
         if cfg.max_experiments is not None and len(self.ledger.experiments()) + 2 > cfg.max_experiments:
             return  # the running one and the next would pass the limit

@@ -146,6 +146,53 @@ def test_the_report_says_how_much_of_the_night_the_gpu_trained(lab):
     assert found and float(found.group(1)) == pytest.approx(100 * share, abs=0.06)
 
 
+class ByRole:
+    """Answers by what is asked, not in which order: a fix, a speculative ask (something is
+    running), or a fresh ask; each a queue of constants to set."""
+
+    name, can_fix, speculative = "byrole", True, True
+
+    def __init__(self, fix, speculative, fresh):
+        self.queues = {"fix": list(fix), "speculative": list(speculative), "fresh": list(fresh)}
+        self.asked = []
+
+    def propose(self, ctx):
+        from autoresearch.proposers import Proposal, Usage
+
+        role = "fix" if ctx.feedback else (
+            "speculative" if any(e.get("status") == "running" for e in ctx.history) else "fresh")
+        self.asked.append((role, ctx.experiment))
+        if not self.queues[role]:
+            raise ProposerError(f"no {role} answer left")
+        step = self.queues[role].pop(0)
+        return Proposal(f"{role} {step}", f"{role} {step}", set_constants(ctx.train_py, **step),
+                        usage=Usage(1, 1, 0.01))
+
+
+def test_a_fix_attempt_runs_while_the_next_idea_is_prepared_and_the_fixed_keep_moves_the_best(lab):
+    proposer = ByRole(fix=[{"MODE": "ok", "VAL": 0.99}], speculative=[{"MODE": "crash"}, {"VAL": 0.98}],
+                      fresh=[{"VAL": 0.97}])
+    run(config(lab, max_experiments=3), proposer=proposer, view=RecordingView())
+    got = rows(lab)
+    assert [(r.status, r.speculation) for r in got] == [("keep", ""), ("keep", "used"), ("keep", "discarded-asked-again")]
+    assert [f"{r.val_bpb:.2f}" for r in got] == ["1.00", "0.99", "0.97"]
+    assert ("fix", 1) in proposer.asked and ("speculative", 2) in proposer.asked
+    assert (lab / "results/t/runs/0001/run.crash1.log").exists()
+
+
+def test_max_cost_counts_thrown_away_ideas_and_stops_asking(lab):
+    proposer = ByRole(fix=[], speculative=[{"VAL": 0.99}, {"VAL": 0.98}, {"VAL": 0.96}], fresh=[{"VAL": 0.97}])
+    outcome = run(config(lab, max_cost=0.025), proposer=proposer, view=RecordingView())
+    assert "--max-cost" in outcome.message
+    got = rows(lab)
+    # 1 used (0.01); 2 asked on the base while 1 trained, thrown away when 1 was kept (0.01);
+    # asked again (0.01): 0.03 >= 0.025, nothing asked while 2 trains.
+    assert [r.speculation for r in got] == ["", "used", "discarded-asked-again"]
+    assert proposer.asked == [("speculative", 1), ("speculative", 2), ("fresh", 2)]
+    spent = sum(r.cost_usd for r in got) + RunState.load(lab / "results/t/run.json")["proposal_cost_usd"]
+    assert spent == pytest.approx(0.03)
+
+
 def test_a_failed_speculative_ask_counts_as_a_failure_and_the_proposer_is_asked_again(lab):
     proposer = slow_proposer([ProposerError("API down"), {"VAL": 0.99}])
     run(config(lab, max_experiments=2), proposer=proposer, view=RecordingView())
