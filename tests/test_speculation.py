@@ -193,6 +193,24 @@ def test_max_cost_counts_thrown_away_ideas_and_stops_asking(lab):
     assert spent == pytest.approx(0.03)
 
 
+def test_with_the_noise_rule_the_prepared_idea_waits_for_the_repeats_and_confirm(lab, tmp_repo):
+    """Baseline repeats and a confirm are trials of the running experiment: the idea prepared
+    meanwhile waits for its verdict."""
+    train = lab / "train.py"
+    train.write_text(set_constants(train.read_text(), JITTER={43: 0.001}))  # as test_keep_rule_loop's lab
+    tmp_repo.index.add(["train.py"])
+    tmp_repo.index.commit("noisy stand-in")
+    proposer = ByRole(fix=[], speculative=[{"VAL": 0.99, "JITTER": {}}, {"SLEEP": 0.01}], fresh=[])
+    run(RunConfig(repo_root=lab, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01,
+                  max_experiments=3), proposer=proposer, view=RecordingView())
+    got = rows(lab)
+    assert [(r.experiment, r.role, r.status) for r in got] == [
+        (0, "baseline", "trial"), (0, "repeat", "keep"), (1, "candidate", "trial"), (1, "confirm", "keep"),
+        (2, "candidate", "discard")]
+    assert [r.speculation for r in got] == ["", "", "used", "", "rebased"]
+    assert proposer.asked == [("speculative", 1), ("speculative", 2)]
+
+
 def test_a_failed_speculative_ask_counts_as_a_failure_and_the_proposer_is_asked_again(lab):
     proposer = slow_proposer([ProposerError("API down"), {"VAL": 0.99}])
     run(config(lab, max_experiments=2), proposer=proposer, view=RecordingView())
