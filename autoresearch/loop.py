@@ -617,10 +617,13 @@ class Session:
     def train(self, n: int, trial: int) -> RunResult:
         budget, timeout = self.budget_and_timeout()
         self.view.phase(n, "training", budget=budget, timeout=timeout)
+        env = self.training_env(trial)
+        for name, folder in compile_cache_dirs(env).items():  # a sandbox's own setting wins
+            env.setdefault(name, folder)
         started = time.monotonic()
         try:
             return run_training(
-                self.workspace.path, self.paths.log(n, trial), timeout, self.training_env(trial),
+                self.workspace.path, self.paths.log(n, trial), timeout, env,
                 command=self.config.training_command, pid_file=self.paths.training,
             )
         finally:
@@ -734,6 +737,18 @@ def run_from_cli(**options) -> int:
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+
+
+def compile_cache_dirs(env: dict[str, str]) -> dict[str, str]:
+    """torch.compile's caches under the lab's cache root, kept across experiments: most of a
+    candidate's graphs are the best's, so Inductor and Triton reuse their compiled kernels
+    instead of paying the compile again every 5 minutes. Created here (the training may not
+    be able to create folders: a sandbox)."""
+    root = Path(env.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch").expanduser() / "compile"
+    dirs = {"TORCHINDUCTOR_CACHE_DIR": root / "inductor", "TRITON_CACHE_DIR": root / "triton"}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {name: str(folder) for name, folder in dirs.items()}
 
 
 def _env_float(name: str) -> float | None:

@@ -297,3 +297,14 @@ def test_kill_9_while_an_idea_is_asked_speculatively_then_resume_stops_the_orpha
     got = check_invariants(lab, rows=2)
     assert [r.experiment for r in got] == [0, 1]
     assert len(worktrees(lab)) == 2 and not any((lab / ".autoresearch/scratch/t").iterdir())
+
+
+def test_training_gets_persistent_compile_caches_under_the_lab_cache(lab, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    show = ("import os; print('inductor', os.environ['TORCHINDUCTOR_CACHE_DIR']); "
+            "print('triton', os.environ['TRITON_CACHE_DIR']); print('---'); print('val_bpb: 1.0')")
+    run(config(lab, max_experiments=1, training_command=[sys.executable, "-c", show]),
+        proposer=ScriptedProposer([]), view=RecordingView())
+    log = (lab / "results/t/runs/0000/run.log").read_text()
+    assert f"inductor {tmp_path / 'cache/compile/inductor'}" in log and f"triton {tmp_path / 'cache/compile/triton'}" in log
+    assert (tmp_path / "cache/compile/inductor").is_dir()
