@@ -357,7 +357,12 @@ def timing(rows: list[dict], run: dict | None, experiments: int | None = None) -
     elif walls and len(walls) == len(rows):
         elapsed = sum(walls)
     hours = elapsed / 3600 if elapsed and elapsed > 0 else None
+    # Schema 3: the training process's own wall time and the GPU's idle gap before it, per trial.
+    timed = [r for r in rows if r.get("run_seconds") is not None and r.get("gpu_idle_seconds") is not None]
+    busy, idle = sum(r["run_seconds"] for r in timed), sum(r["gpu_idle_seconds"] for r in timed)
     return {
+        "gpu_training_share": busy / (busy + idle) if timed and busy + idle > 0 else None,
+        "gpu_idle_seconds": idle if timed else None,
         "elapsed_hours": hours,
         "experiments_per_hour": (len(rows) if experiments is None else experiments) / hours if hours else None,
         "mean_wall_seconds": sum(walls) / len(walls) if walls else None,

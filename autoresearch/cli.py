@@ -78,10 +78,12 @@ def run(
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run (default: budget + max(budget, 120))."),
     audit: str = typer.Option("on", "--audit", help="on: every keep is re-evaluated from the base commit's prepare.py (val and held-out); off: for labs whose train.py hands over no model."),
     sandbox: str = typer.Option("auto", "--sandbox", help="on, off or auto (bubblewrap when it works here, else a warning): training cannot write outside its run folder, reach the network or read the held-out split."),
+    no_speculate: bool = typer.Option(False, "--no-speculate", help="Ask for the next proposal only after the last one trained (default: while it trains, for openai, anthropic and command)."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """Run experiments all night: propose one change, train, keep it if val_bpb went down beyond the noise."""
     options = dict(locals())  # the parameters above, by name: config.from_cli resolves them
+    options["speculate"] = not options.pop("no_speculate")
     from autoresearch.loop import run_from_cli
 
     with user_errors():

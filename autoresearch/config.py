@@ -59,6 +59,7 @@ class RunConfig:
     preflight: bool = True  # doctor.preflight before anything trains (gpu, data, disk, key, agent)
     audit: str = "on"  # on: every keep is re-evaluated from the base prepare.py (trust.py); off: not
     sandbox: str = "auto"  # on | off | auto (bubblewrap when it works here, else a warning)
+    speculate: bool = True  # ask for the next proposal while one trains (slow proposers only; scheduler.py)
 
     def __post_init__(self):
         check_tag(self.tag)

@@ -61,6 +61,7 @@ from autoresearch.proposers.command import AGENT_MARKER
 from autoresearch.results import Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
 from autoresearch.runner import RunResult, run_training, training_env
 from autoresearch.trust import HANDOFF_ENV, Audited, Trust, drop_models, model_path, rebuild_hint
+from autoresearch.scheduler import Prepared, Speculator, rebase_train_py, speculates
 from autoresearch.workspace import Workspace
 
 __all__ = ["RunConfig", "RunOutcome", "run", "run_from_cli"]
@@ -194,6 +195,12 @@ class Session:
         self.started = time.monotonic()
         self._profile = ""
         self._base_short = ""
+        # Speculation (scheduler.py): the next idea is asked for while one trains.
+        self.speculator = Speculator(proposer, Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag)
+        self.speculating = config.speculate and speculates(proposer)
+        self.speculation: dict[int, str] = {}  # experiment -> how its idea came (results column)
+        self.gpu_free_since = self.started  # when the last training ended: the GPU idles from then
+        self.last_run: tuple[float, float] | None = None  # (seconds trained, seconds idle before it)
 
     # -- the algorithm -------------------------------------------------------------------------
 
@@ -218,6 +225,7 @@ class Session:
         (folder / "diff.patch").write_text("")
         _write_json(folder / "proposal.json", {"experiment": n, "proposer": "baseline", "attempts": []})
         change = Change(n, base, base, "baseline", "the unmodified train.py sets the bar", "baseline", baseline=True)
+        self.speculate(change)
         self.trial(change, [], utc_now(), time.monotonic())
 
     def experiment(self) -> None:
@@ -227,11 +235,19 @@ class Session:
         started_at, t0 = utc_now(), time.monotonic()
         parent = self.best.commit
         record = {"experiment": n, "proposer": self.proposer_name, "attempts": [], "failures": []}
-        idea = self.propose_until_usable(self.context(n), record, folder)
+        idea, how = self.prepared_idea(n, record, folder)
+        if idea is None:
+            if self.limit_reached():  # a thrown-away or failed speculation may have used the budget
+                return
+            idea = self.propose_until_usable(self.context(n), record, folder)
         if idea is None:  # a limit was reached while the proposer kept failing
             return
+        self.speculation[n] = how
+        record["speculation"] = how
         proposal, usage = idea, idea.usage
         commit = self.apply(n, proposal)
+        self.speculate(Change(n, commit, parent, idea.description, idea.hypothesis, self.proposer_name),
+                       spent=idea.usage.cost_usd)
         trained = self.train_and_check(n, 1, folder)
         for attempt in range(1, self.config.max_fix_attempts + 1):
             if not trained.fixable or not getattr(self.proposer, "can_fix", True):
@@ -340,6 +356,9 @@ class Session:
     def record(self, row: Row, previous: Best) -> None:
         """Append the row (the commit point), then move the branch back unless it was kept or
         waits for another trial."""
+        row.speculation = self.speculation.get(row.experiment, "") if row.trial == 1 else ""
+        if self.last_run is not None:
+            row.run_seconds, row.gpu_idle_seconds = (round(v, 1) for v in self.last_run)
         self.ledger.append(row)
         self.best = self.ledger.best(self.base_short)
         if row.status in ("discard", "crash"):
@@ -355,6 +374,7 @@ class Session:
         self.workspace, self.state = self.open_workspace()
         kill_orphan(self.paths.training)
         kill_marked(AGENT_MARKER, str(self.workspace.path.resolve()))  # an agent of a killed harness
+        self.speculator.clear_scratch(self.workspace.path)  # and its speculative agent, scratch worktree
         self.best = self.ledger.best(self.base_short)
         try:
             self.workspace.revert_to(self.best.commit)
@@ -435,6 +455,7 @@ class Session:
         previous = _ignore_stop_signals()  # a second Ctrl-C must not interrupt the clean-up
         try:
             kill_orphan(self.paths.training)
+            self.drop_speculation()
             if self.workspace is not None:
                 self.ledger.reload()  # the row of an interrupted record() counts
                 self.best = self.ledger.best(self.base_short)
@@ -445,6 +466,7 @@ class Session:
             _restore_signals(previous)
 
     def finish(self, why: str) -> RunOutcome:
+        self.drop_speculation()
         self.save_state(state="done")
         best = f"best val_bpb {self.best.mean:.6f} at {self.best.commit}" if self.best.mean is not None else "no baseline yet"
         count = len(self.ledger.experiments())
@@ -503,9 +525,11 @@ class Session:
 
     # -- the steps -----------------------------------------------------------------------------
 
-    def context(self, n: int, train_py: str | None = None, feedback: str | None = None) -> Context:
+    def context(self, n: int, train_py: str | None = None, feedback: str | None = None,
+                phase: bool = True) -> Context:
         """A fresh context: nothing carries over from the last call but the rows."""
-        self.view.phase(n, "context")
+        if phase:
+            self.view.phase(n, "context")
         program = Path(self.config.repo_root) / "program.md"
         return Context(
             program=program.read_text() if program.is_file() else "",
@@ -535,15 +559,7 @@ class Session:
                     raise ProposerError("the proposal leaves train.py unchanged", proposal.usage, proposal.raw)
             except ProposerError as err:
                 self.workspace.revert_to(self.best.commit)
-                self.failures_in_a_row += 1
-                self.save_state(
-                    failed_proposals=int(self.state.get("failed_proposals") or 0) + 1,
-                    proposal_cost_usd=float(self.state.get("proposal_cost_usd") or 0) + err.usage.cost_usd,
-                )
-                record["failures"].append({"error": str(err), "raw": _clip(err.raw), "usage": asdict(err.usage)})
-                self.view.failed_cost(float(self.state.get("proposal_cost_usd") or 0))
-                _write_json(folder / "proposal.json", record)
-                self.view.note(f"[{ctx.experiment:04d}] proposer failed ({self.failures_in_a_row} in a row): {err}")
+                self.proposal_failed(ctx.experiment, err, record, folder)
                 if self.limit_reached():
                     return None
                 if self.failures_in_a_row >= cfg.max_consecutive_proposer_failures:
@@ -553,6 +569,81 @@ class Session:
             self.pauses = 0
             record["attempts"].append(_proposal_record(proposal, ctx))
             return proposal
+
+    def proposal_failed(self, n: int, err: ProposerError, record: dict, folder: Path) -> None:
+        """A failed ask: counted (in a row, and its cost in run.json) and kept in proposal.json."""
+        self.failures_in_a_row += 1
+        self.save_state(
+            failed_proposals=int(self.state.get("failed_proposals") or 0) + 1,
+            proposal_cost_usd=float(self.state.get("proposal_cost_usd") or 0) + err.usage.cost_usd,
+        )
+        record["failures"].append({"error": str(err), "raw": _clip(err.raw), "usage": asdict(err.usage)})
+        self.view.failed_cost(float(self.state.get("proposal_cost_usd") or 0))
+        _write_json(folder / "proposal.json", record)
+        self.view.note(f"[{n:04d}] proposer failed ({self.failures_in_a_row} in a row): {err}")
+
+    # -- speculation (scheduler.py) ------------------------------------------------------------
+
+    def speculate(self, running: Change, spent: float = 0.0) -> None:
+        """While `running` trains, ask for the next idea against the current best, unless a
+        limit would keep it from being trained (no proposal is asked past --max-experiments).
+        `spent`: what the running idea cost, not in a row yet."""
+        cfg = self.config
+        if not self.speculating or self.speculator.busy or self.limit_reached():
+            return
+        if cfg.max_cost is not None and self.total_cost() + spent >= cfg.max_cost:
+            return
+        if cfg.max_experiments is not None and len(self.ledger.experiments()) + 2 > cfg.max_experiments:
+            return  # the running one and the next would pass the limit
+        base = self.best.commit or self.base_short
+        entry = {"experiment": running.number, "commit": running.commit, "parent": running.parent,
+                 "status": "running", "description": running.description, "hypothesis": running.hypothesis,
+                 "proposer": running.proposer, "val_bpb": None, "trials": 0}
+        ctx = self.context(running.number + 1, train_py=self.workspace.read_at(base), phase=False)
+        ctx.history = [*ctx.history, entry]
+        try:
+            self.speculator.start(ctx, base, ctx.train_py, self.workspace.path)
+        except ProposerError as err:  # git could not make the scratch worktree: just ask later
+            self.view.note(f"[{running.number + 1:04d}] no speculative proposal: {err}")
+
+    def prepared_idea(self, n: int, record: dict, folder: Path) -> tuple[Proposal | None, str]:
+        """The idea asked for while the last experiment trained, fit for the current best:
+        (proposal, how) or (None, how) when the proposer must be asked now (scheduler.py)."""
+        if not self.speculator.busy:
+            return None, "fresh"
+        self.view.phase(n, "proposing")
+        prepared = self.speculator.take()
+        if prepared.error is not None:
+            self.proposal_failed(n, prepared.error, record, folder)
+            if self.failures_in_a_row >= self.config.max_consecutive_proposer_failures:
+                self.pause()
+            return None, "failed-asked-again"
+        proposal = prepared.proposal
+        entry = {**_proposal_record(proposal, prepared.ctx), "speculative": True, "base": prepared.base}
+        best = self.best.commit or self.base_short
+        if prepared.base == best:
+            self.failures_in_a_row = self.pauses = 0
+            record["attempts"].append(entry)
+            return proposal, "used"
+        best_py = self.workspace.read_at(best)
+        merged = rebase_train_py(prepared.base_train_py, best_py, proposal.train_py)
+        if merged is not None and merged != best_py:
+            self.failures_in_a_row = self.pauses = 0
+            record["attempts"].append({**entry, "rebased_onto": best, "train_py": merged})
+            proposal.train_py = merged
+            return proposal, "rebased"
+        record["discarded"] = {**entry, "why": f"built on {prepared.base}; its change overlaps or does not "
+                                               f"merge with the new best {best}"}
+        self.save_state(proposal_cost_usd=float(self.state.get("proposal_cost_usd") or 0) + proposal.usage.cost_usd)
+        self.view.failed_cost(float(self.state.get("proposal_cost_usd") or 0))
+        _write_json(folder / "proposal.json", record)
+        return None, "discarded-asked-again"
+
+    def drop_speculation(self) -> None:
+        """The run ends (a limit, Ctrl-C): stop the ask in flight; its cost still counts."""
+        spent = self.speculator.cancel()
+        if spent.cost_usd and self.state:
+            self.save_state(proposal_cost_usd=float(self.state.get("proposal_cost_usd") or 0) + spent.cost_usd)
 
     def pause(self) -> None:
         """Too many proposer failures in a row (API down, out of credit): wait, then try again."""
@@ -596,10 +687,17 @@ class Session:
         env = self.training_env(trial)
         if model is not None:
             env[HANDOFF_ENV] = str(model.resolve())
+        for name, folder in compile_cache_dirs(env).items():  # a sandbox's own setting wins
+            env.setdefault(name, folder)
         command = self.trust.command(self.config.training_command or [sys.executable, "train.py"],
                                      self.workspace.path, self.paths.run_dir(n))
-        return run_training(self.workspace.path, self.paths.log(n, trial), timeout, env,
-                            command=command, pid_file=self.paths.training)
+        started = time.monotonic()
+        try:
+            return run_training(self.workspace.path, self.paths.log(n, trial), timeout, env,
+                                command=command, pid_file=self.paths.training)
+        finally:
+            self.last_run = (time.monotonic() - started, started - self.gpu_free_since)
+            self.gpu_free_since = time.monotonic()
 
     def train_and_check(self, n: int, trial: int, folder: Path) -> "Trained":
         """Train the worktree's commit; anything the run wrote or changed besides train.py (a
@@ -714,6 +812,18 @@ def run_from_cli(**options) -> int:
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+
+
+def compile_cache_dirs(env: dict[str, str]) -> dict[str, str]:
+    """torch.compile's caches under the lab's cache root, kept across experiments: most of a
+    candidate's graphs are the best's, so Inductor and Triton reuse their compiled kernels
+    instead of paying the compile again every 5 minutes. Created here (the training may not
+    be able to create folders: a sandbox)."""
+    root = Path(env.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch").expanduser() / "compile"
+    dirs = {"TORCHINDUCTOR_CACHE_DIR": root / "inductor", "TRITON_CACHE_DIR": root / "triton"}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {name: str(folder) for name, folder in dirs.items()}
 
 
 def _env_float(name: str) -> float | None:

@@ -163,6 +163,9 @@ def run_sections(s: dict, top: int) -> list[Section]:
             ("experiments per hour", _num(t["experiments_per_hour"], "{:.1f}")),
             ("mean wall per experiment", _num(t["mean_wall_seconds"], "{:.1f} s")),
         ]
+    if t.get("gpu_training_share") is not None:
+        overview.pairs.append(("GPU busy", f"the GPU trained {100 * t['gpu_training_share']:.1f}% of the night "
+                                           f"({t['gpu_idle_seconds']:.0f} s idle between trainings)"))
     if u["cost_usd"] is not None or u["input_tokens"] is not None:
         tokens = (u["input_tokens"] or 0) + (u["output_tokens"] or 0)
         overview.pairs += [

@@ -88,6 +88,10 @@ SCHEMA: tuple[Column, ...] = (
     Column("heldout_bpb", _opt_float, 6, since=3),  # the held-out split's; never shown to the proposer
     Column("audit_seconds", _opt_float, 1, since=3),  # what the audit cost
     Column("sandbox", _text, since=3),  # bwrap | watch (unsandboxed, held-out watched) | none
+    # schema 4: scheduling (issues 10, 11)
+    Column("speculation", _text, since=4),  # fresh | used | rebased | discarded-asked-again | failed-asked-again; empty for trials not proposed
+    Column("run_seconds", _opt_float, 1, since=4),  # wall time of the training process (the GPU busy)
+    Column("gpu_idle_seconds", _opt_float, 1, since=4),  # the GPU idle before this trial started (since the last training ended)
 )
 COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA)
 PARSERS: dict[str, Callable[[str], object]] = {c.name: c.parse for c in SCHEMA}
@@ -152,6 +156,9 @@ class Row:
     heldout_bpb: float | None = None
     audit_seconds: float | None = None
     sandbox: str = ""
+    speculation: str = ""
+    run_seconds: float | None = None
+    gpu_idle_seconds: float | None = None
 
     def to_fields(self) -> list[str]:
         """The row as results.tsv text fields (a crash reads 0.000000 / 0.0, like upstream)."""

@@ -25,9 +25,12 @@ def lab(tmp_repo) -> Path:
     return make_lab(tmp_repo)
 
 
-def command(*args: str) -> list[str]:
+def command(*args: str, speculate: bool = False) -> list[str]:
+    # Sequential by default: these tests script the agent's answers in order
+    # (tests/test_speculation.py runs speculation through the CLI).
     return [sys.executable, "-m", "autoresearch", "run", "--tag", "t", "--profile", "cpu",
-            "--time-budget", "5", "--timeout", "60", "--keep-rule", "greedy", "--baseline-repeats", "1", "--audit", "off", *args]
+            "--time-budget", "5", "--timeout", "60", "--keep-rule", "greedy", "--baseline-repeats", "1", "--audit", "off",
+            *([] if speculate else ["--no-speculate"]), *args]
 
 
 def agent_env(tmp_path: Path, steps: list, **extra) -> dict:

@@ -62,7 +62,8 @@ def llm(backend: str, url: str, **options):
 def run_loop(root: Path, proposer, experiments: int = 2, **overrides):
     cfg = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=60, pause_seconds=0.01,
                max_experiments=experiments, max_consecutive_proposer_failures=50,
-               keep_rule="greedy", baseline_repeats=1, audit="off")  # one trial each: these tests are about faults
+               keep_rule="greedy", baseline_repeats=1, audit="off",  # one trial each: these tests are about faults
+               speculate=False)  # in order: the server plays its replies as asked (test_speculation.py)
     cfg.update(overrides)
     view = RecordingView()
     outcome = run(RunConfig(**cfg), proposer=proposer, view=view)

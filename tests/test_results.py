@@ -35,7 +35,8 @@ def keep_row(experiment: int, **kw) -> Row:
 def test_columns_start_with_upstreams_five_and_match_row_fields():
     assert COLUMNS[:5] == ("commit", "val_bpb", "memory_gb", "status", "description")
     assert COLUMNS[20:26] == ("role", "trial", "seed", "mean_val_bpb", "delta", "sigma")  # schema 2, appended
-    assert COLUMNS[26:] == ("audit", "audit_val_bpb", "heldout_bpb", "audit_seconds", "sandbox")  # schema 3
+    assert COLUMNS[26:31] == ("audit", "audit_val_bpb", "heldout_bpb", "audit_seconds", "sandbox")  # schema 3
+    assert COLUMNS[31:] == ("speculation", "run_seconds", "gpu_idle_seconds")  # schema 4, appended
     assert tuple(keep_row(0).as_dict()) == COLUMNS
 
 
