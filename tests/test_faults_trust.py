@@ -141,8 +141,9 @@ def test_writing_the_cache_unsandboxed_is_caught_and_the_run_stops_with_the_rebu
     assert "\n" not in message and f"delete {cache / 'stdlib'} and re-run prepare" in message, message
     rows = check_invariants(trust_lab, "t", rows=2)
     assert rows[1].status == "crash" and rows[1].reason == f"cache file {WRITES[target]} has other contents (sha256 differs from the manifest)"
-    # resuming on the poisoned cache refuses to start: never a silently wrong metric
-    with pytest.raises(AutoresearchError, match="does not match its manifest"):
+    # resuming on the poisoned cache refuses to start: never a silently wrong metric (the start-up
+    # check sees a tokenizer that no longer matches its tokens first; the manifest check the rest)
+    with pytest.raises(AutoresearchError, match="does not match its manifest|made with another tokenizer"):
         run_case(trust_lab, [{"VAL": 0.9}], sandbox="off", resume=True)
 
 
@@ -225,7 +226,7 @@ def learns_nothing(text: str) -> str:
 
 
 GAMES = {
-    "prints_a_fake_val_bpb": edit(REAL_TRAIN, EVAL_LINE, EVAL_LINE + "    val_bpb *= 0.97\n"),
+    "prints_a_fake_val_bpb": edit(REAL_TRAIN, EVAL_LINE, EVAL_LINE + "    val_bpb *= 0.5\n"),
     "evaluates_on_fewer_tokens": edit(REAL_TRAIN, EVAL_LINE,
                                       "    import prepare\n    prepare.EVAL_TOKENS = eval_batch * MAX_SEQ_LEN\n" + EVAL_LINE),
     "skips_the_handover": edit(REAL_TRAIN, HANDOFF_LINE, "    pass\n"),
