@@ -301,6 +301,8 @@ def test_kill_9_while_an_idea_is_asked_speculatively_then_resume_stops_the_orpha
 
 def test_training_gets_persistent_compile_caches_under_the_lab_cache(lab, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # an earlier test's torch may have set one
+        monkeypatch.delenv(name, raising=False)
     show = ("import os; print('inductor', os.environ['TORCHINDUCTOR_CACHE_DIR']); "
             "print('triton', os.environ['TRITON_CACHE_DIR']); print('---'); print('val_bpb: 1.0')")
     run(config(lab, max_experiments=1, training_command=[sys.executable, "-c", show]),
