@@ -227,8 +227,14 @@ def learns_nothing(text: str) -> str:
 
 GAMES = {
     "prints_a_fake_val_bpb": edit(REAL_TRAIN, EVAL_LINE, EVAL_LINE + "    val_bpb *= 0.5\n"),
-    "evaluates_on_fewer_tokens": edit(REAL_TRAIN, EVAL_LINE,
-                                      "    import prepare\n    prepare.EVAL_TOKENS = eval_batch * MAX_SEQ_LEN\n" + EVAL_LINE),
+    # one batch of the two, the easier one (measured on this lab: 3.107 and ~2.46 bits per byte)
+    "evaluates_on_fewer_tokens": edit(REAL_TRAIN, EVAL_LINE, """\
+    import prepare
+    easier = prepare.make_dataloader(tokenizer, eval_batch, MAX_SEQ_LEN, "val")
+    next(easier)
+    loader_of, prepare.make_dataloader = prepare.make_dataloader, lambda *args, **kwargs: easier
+    prepare.EVAL_TOKENS = eval_batch * MAX_SEQ_LEN
+""" + EVAL_LINE + "    prepare.make_dataloader = loader_of\n"),
     "skips_the_handover": edit(REAL_TRAIN, HANDOFF_LINE, "    pass\n"),
 }
 TRAINS_ON_VAL = edit(REAL_TRAIN, TRAIN_LOADER, TRAIN_LOADER.replace('"train"', '"val"'))
@@ -243,8 +249,9 @@ def real_lab(tmp_repo, cache, monkeypatch):
 
 @pytest.mark.slow
 def test_the_audit_catches_gamed_numbers_and_heldout_exposes_training_on_val(real_lab, cache):
-    steps = [replace_with(REAL_TRAIN, "learn at all"),
-             *[replace_with(text, name) for name, text in GAMES.items()],
+    # the games first: each beats the base that learns nothing, so each verdict is a keep to audit
+    steps = [*[replace_with(text, name) for name, text in GAMES.items()],
+             replace_with(REAL_TRAIN, "learn at all"),
              replace_with(TRAINS_ON_VAL, "train on the validation tokens")]
     outcome, view, proposer = run_case(real_lab, steps, experiments=2 + len(GAMES) + 1, audit="on",
                                        time_budget=3, timeout=300)
