@@ -32,7 +32,7 @@ def lab(tmp_repo) -> Path:
 
 def config(root: Path, **overrides) -> RunConfig:
     values = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01,
-                  keep_rule="greedy", baseline_repeats=1)
+                  keep_rule="greedy", baseline_repeats=1, audit="off")  # the stand-in trains no model
     values.update(overrides)
     return RunConfig(**values)
 
@@ -202,7 +202,7 @@ def test_with_the_noise_rule_the_prepared_idea_waits_for_the_repeats_and_confirm
     tmp_repo.index.commit("noisy stand-in")
     proposer = ByRole(fix=[], speculative=[{"VAL": 0.99, "JITTER": {}}, {"SLEEP": 0.01}], fresh=[])
     run(RunConfig(repo_root=lab, tag="t", profile="cpu", time_budget=5, timeout=30, pause_seconds=0.01,
-                  max_experiments=3), proposer=proposer, view=RecordingView())
+                  max_experiments=3, audit="off"), proposer=proposer, view=RecordingView())
     got = rows(lab)
     assert [(r.experiment, r.role, r.status) for r in got] == [
         (0, "baseline", "trial"), (0, "repeat", "keep"), (1, "candidate", "trial"), (1, "confirm", "keep"),
@@ -305,7 +305,9 @@ def test_training_gets_persistent_compile_caches_under_the_lab_cache(lab, tmp_pa
         monkeypatch.delenv(name, raising=False)
     show = ("import os; print('inductor', os.environ['TORCHINDUCTOR_CACHE_DIR']); "
             "print('triton', os.environ['TRITON_CACHE_DIR']); print('---'); print('val_bpb: 1.0')")
-    run(config(lab, max_experiments=1, training_command=[sys.executable, "-c", show]),
+    # Unsandboxed: under the lab cache. (Sandboxed, the sandbox points them into the run's own
+    # scratch folder, which also lives from one experiment to the next.)
+    run(config(lab, max_experiments=1, training_command=[sys.executable, "-c", show], sandbox="off"),
         proposer=ScriptedProposer([]), view=RecordingView())
     log = (lab / "results/t/runs/0000/run.log").read_text()
     assert f"inductor {tmp_path / 'cache/compile/inductor'}" in log and f"triton {tmp_path / 'cache/compile/triton'}" in log
