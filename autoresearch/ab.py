@@ -28,10 +28,7 @@ import json
 import os
 import re
 import shutil
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -173,7 +170,7 @@ def run_ab(cfg: ABConfig) -> ABOutcome:
         preflight_arms(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        with _stop_signals_as_interrupt(), RunLock(folder / "ab.lock"):
+        with loop.stop_signals_as_interrupt(), RunLock(folder / "ab.lock"):
             if manifest is None:
                 write_manifest(folder, cfg)
             baseline = run_baseline(cfg, loop)
@@ -340,31 +337,6 @@ def interleave(cfg: ABConfig, baseline: list, loop) -> ABOutcome:
     message = f"done: experiments per arm: {counts}; see `autoresearch report --tag {cfg.tag}`"
     say(message)
     return ABOutcome(0, message, done)
-
-
-# ---------------------------------------------------------------------------
-# Signals: SIGTERM (and SIGHUP) between turns stop the A/B like Ctrl-C
-# ---------------------------------------------------------------------------
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def _stop_signals_as_interrupt():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            previous[sig] = signal.signal(sig, _raise_interrupt)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def from_cli(tag: str, arm: list[str], repo: Path | None = None, base_url: str | None = None,

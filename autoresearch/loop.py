@@ -61,7 +61,7 @@ from autoresearch.proposers.command import AGENT_MARKER
 from autoresearch.results import Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
 from autoresearch.runner import RunResult, run_training, training_env
 from autoresearch.trust import HANDOFF_ENV, Audited, Trust, drop_models, model_path, rebuild_hint
-from autoresearch.scheduler import Prepared, Speculator, rebase_train_py, speculates
+from autoresearch.scheduler import Speculator, rebase_train_py, speculates
 from autoresearch.workspace import Workspace
 
 __all__ = ["RunConfig", "RunOutcome", "run", "run_from_cli"]
@@ -148,7 +148,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
     view = view or make_view(config.tag)
     paths.dir.mkdir(parents=True, exist_ok=True)
     try:
-        with _stop_signals_as_interrupt(), RunLock(paths.lock):
+        with stop_signals_as_interrupt(), RunLock(paths.lock):
             session = Session(config, proposer, view, paths)
             try:
                 session.start()
@@ -907,7 +907,7 @@ def _raise_interrupt(signum, frame):
 
 
 @contextmanager
-def _stop_signals_as_interrupt():
+def stop_signals_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from autoresearch.config import LAB_VARIABLES
-from autoresearch.process import KILL_GRACE, Supervised, describe_exit, kill_marked, kill_orphan  # noqa: F401
+from autoresearch.process import KILL_GRACE, Supervised, describe_exit
 from autoresearch.summary import diverged, parse_summary
 
 MARKER = "AUTORESEARCH_TRAINING_ID"  # set in every training process; inherited by its children

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping
 
-from autoresearch.runner import RunResult, is_secret, kill_marked, kill_orphan, run_training, training_env
+from autoresearch.process import kill_marked, kill_orphan
+from autoresearch.runner import RunResult, is_secret, run_training, training_env
 
 OUTPUT_ENV = "AUTORESEARCH_OUTPUT_DIR"  # where train.py may write files to send back (a model handoff)
 WORKER_ENV = "AUTORESEARCH_WORKER_ID"  # marks every training a worker starts

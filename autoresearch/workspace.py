@@ -8,7 +8,6 @@ ignore rules do not already cover it) one line `/.autoresearch/` in .git/info/ex
 """
 
 import os
-import re
 import shutil
 import time
 from pathlib import Path

@@ -14,10 +14,10 @@ import psutil
 import pytest
 
 from autoresearch.results import RunLock
+from autoresearch.process import kill_orphan
 from autoresearch.runner import (
     MARKER,
     crash_reason,
-    kill_orphan,
     last_exception,
     run_training,
     training_env,

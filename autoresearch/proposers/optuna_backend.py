@@ -192,7 +192,7 @@ class OptunaProposer:
             if changes:
                 break
             # The sampled point is the best train.py itself: it has been measured, so say so.
-            best = _best_row(ctx.history)
+            best = _best_row(ctx)
             trial.set_user_attr("same_as", best["experiment"] if best else None)
             if best and best.get("status") != "crash":
                 study.tell(trial, float(best["val_bpb"]))
@@ -235,7 +235,7 @@ class OptunaProposer:
         dims = search_space(list(current.values()))
         if not dims:
             raise ProposerError("optuna: train.py has no UPPER_CASE numeric hyperparameters to search")
-        best = _best_row(ctx.history)
+        best = _best_row(ctx)
         # The train.py of this moment is the best so far: the last kept row's (the baseline's before any).
         study.set_user_attr("reference_experiment", int(best["experiment"]) if best else 0)
         study.set_user_attr("profile", ctx.profile)
@@ -361,8 +361,12 @@ def _row_attrs(row: dict) -> dict:
     return attrs
 
 
-def _best_row(history: list[dict]) -> dict | None:
-    """The row whose train.py is the best so far: the last kept one."""
+def _best_row(ctx: Context) -> dict | None:
+    """The history entry of the best so far, as the Ledger named it in the context (a context
+    built by hand without it: the last kept entry, the same definition)."""
+    history = ctx.history
+    if ctx.best and ctx.best.get("experiment") is not None:
+        return next((r for r in history if _int(r.get("experiment")) == ctx.best["experiment"]), None)
     kept = [r for r in history if str(r.get("status") or "").strip().lower() == "keep" and _int(r.get("experiment")) is not None]
     return kept[-1] if kept else None
 
