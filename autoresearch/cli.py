@@ -79,6 +79,9 @@ def run(
     audit: str = typer.Option("on", "--audit", help="on: every keep is re-evaluated from the base commit's prepare.py (val and held-out); off: for labs whose train.py hands over no model."),
     sandbox: str = typer.Option("auto", "--sandbox", help="on, off or auto (bubblewrap when it works here, else a warning): training cannot write outside its run folder, reach the network or read the held-out split."),
     no_speculate: bool = typer.Option(False, "--no-speculate", help="Ask for the next proposal only after the last one trained (default: while it trains, for openai, anthropic and command)."),
+    workers: int = typer.Option(None, "--workers", min=1, help="Train this many candidates at once, one shared best (CPU, tests; with --ray: actors, default the cluster's GPUs)."),
+    gpus: str = typer.Option(None, "--gpus", help="One worker per GPU of this machine: 0,1,2,3 or all."),
+    ray: str = typer.Option(None, "--ray", help="Train on a Ray cluster: its address (HEAD:6379) or auto; git and results stay here. Needs autoresearch[ray]."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """Run experiments all night: propose one change, train, keep it if val_bpb went down beyond the noise."""

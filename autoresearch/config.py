@@ -60,6 +60,9 @@ class RunConfig:
     audit: str = "on"  # on: every keep is re-evaluated from the base prepare.py (trust.py); off: not
     sandbox: str = "auto"  # on | off | auto (bubblewrap when it works here, else a warning)
     speculate: bool = True  # ask for the next proposal while one trains (slow proposers only; scheduler.py)
+    workers: int | None = None  # trainings at once (coordinator.py); None: one, or one per --gpus entry
+    gpus: str | None = None  # "0,1,2,3" or "all": one worker per GPU, pinned by CUDA_VISIBLE_DEVICES
+    ray: str | None = None  # a Ray cluster's address, or "auto": workers are Ray actors (ray_pool.py)
 
     def __post_init__(self):
         check_tag(self.tag)
@@ -75,9 +78,31 @@ class RunConfig:
             raise AutoresearchError(f"bad --sandbox {self.sandbox!r}: use on, off or auto")
         if self.min_delta < 0:
             raise AutoresearchError(f"bad --min-delta {self.min_delta:g}: a gain, 0 or more")
+        if self.workers is not None and self.workers < 1:
+            raise AutoresearchError(f"bad --workers {self.workers}: at least 1")
+        if self.gpus is not None:
+            if self.ray is not None:
+                raise AutoresearchError("--gpus is for this machine's GPUs; with --ray, Ray places the workers "
+                                        "(pass --workers N, default: the cluster's GPUs)")
+            gpus = parse_gpus(self.gpus)
+            if gpus is not None and self.workers is not None and self.workers != len(gpus):
+                raise AutoresearchError(f"--workers {self.workers} but --gpus names {len(gpus)} GPUs; "
+                                        f"one worker per GPU (drop --workers)")
         self.repo_root = Path(self.repo_root)
         if self.options.run_dir is None:
             self.options.run_dir = self.repo_root / "results" / self.tag
+
+
+def parse_gpus(text: str) -> list[str] | None:
+    """--gpus: "all" (None: ask the machine), or distinct GPU indices "0,1,2"."""
+    if text.strip().lower() == "all":
+        return None
+    gpus = [part.strip() for part in text.split(",") if part.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus):
+        raise AutoresearchError(f"bad --gpus {text!r}: GPU indices like 0,1,2,3, or all")
+    if len(set(gpus)) != len(gpus):
+        raise AutoresearchError(f"bad --gpus {text!r}: a GPU named twice (one worker per GPU)")
+    return gpus
 
 
 def from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", model: str | None = None,

@@ -108,6 +108,14 @@ class Change:
     proposer: str
     model: str = ""
     baseline: bool = False
+    combines: int | None = None  # a combination: this experiment's idea re-applied on a newer best
+
+    def role(self, trial: int) -> str:
+        if self.baseline:
+            return "baseline" if trial == 1 else "repeat"
+        if trial > 1:
+            return "confirm"
+        return "combine" if self.combines is not None else "candidate"
 
 
 class RunPaths:
@@ -149,7 +157,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
     paths.dir.mkdir(parents=True, exist_ok=True)
     try:
         with stop_signals_as_interrupt(), RunLock(paths.lock):
-            session = Session(config, proposer, view, paths)
+            session = session_class(config)(config, proposer, view, paths)
             try:
                 session.start()
                 return session.loop()
@@ -160,6 +168,15 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
                 raise
     finally:
         view.close()
+
+
+def session_class(config: RunConfig) -> type:
+    """The single-GPU loop, or the coordinator of many workers (--workers N>1, --gpus, --ray)."""
+    if (config.workers or 1) > 1 or config.gpus is not None or config.ray is not None:
+        from autoresearch.coordinator import Coordinator
+
+        return Coordinator
+    return Session
 
 
 def check_start(config: RunConfig, state: dict) -> bool:
@@ -287,9 +304,7 @@ class Session:
         audited = None
         if status == "keep":
             status, reason, verdict, audited = self.audit_keep(change, earlier, trained, (status, reason, verdict))
-        role = ("baseline" if trial == 1 else "repeat") if change.baseline else (
-            "candidate" if trial == 1 else "confirm")
-        row = self.make_row(change, trial, role, status, reason, trained.result, usage, started_at, t0, verdict)
+        row = self.make_row(change, trial, change.role(trial), status, reason, trained.result, usage, started_at, t0, verdict)
         self.mark_trust(row, audited)
         self.record(row, previous=self.best)
         drop_models(self.paths.run_dir(change.number), keep=trained.model if status == "keep" else None)
@@ -303,8 +318,10 @@ class Session:
                 f"fix the lab, then resume with: autoresearch run --tag {self.config.tag} --resume"
             )
 
-    def verdict(self, change: Change, earlier: list[Row], trained: Trained) -> tuple[str, str, Verdict | None]:
-        """(status, reason, verdict): crash; the baseline's trial/keep; or the keep rule's call."""
+    def verdict(self, change: Change, earlier: list[Row], trained: Trained,
+                against: tuple[float, ...] | None = None) -> tuple[str, str, Verdict | None]:
+        """(status, reason, verdict): crash; the baseline's trial/keep; or the keep rule's call
+        against the best's trials (`against`: another commit's)."""
         if trained.status == "crash":
             reason = trained.reason if not earlier else f"trial {len(earlier) + 1} crashed: {trained.reason}"
             return "crash", reason, None
@@ -314,7 +331,8 @@ class Session:
             done = len(values) >= self.config.baseline_repeats
             mean = sum(values) / len(values)
             return ("keep" if done else "trial"), "", Verdict("keep", mean, 0.0, None, "baseline", noise.sigma)
-        verdict = judge(self.config.keep_rule, values, self.best.values, noise, self.config.min_delta)
+        base = self.best.values if against is None else against
+        verdict = judge(self.config.keep_rule, values, base, noise, self.config.min_delta)
         status = {"keep": "keep", "discard": "discard", "confirm": "trial"}[verdict.decision]
         return status, verdict.why, verdict
 
@@ -790,9 +808,13 @@ class Session:
         return budget, cfg.timeout or budget + max(budget, 120.0)
 
     def training_env(self, trial: int = 1) -> dict[str, str]:
-        """The user's environment without credentials, plus the lab's variables (named here, as
-        the credential filter would drop AUTORESEARCH_EVAL_TOKENS for its TOKEN), and the
-        trial's seed: repeats of one commit measure run-to-run variation, not one run twice."""
+        """The user's environment without credentials, plus the lab's variables (lab_env)."""
+        return training_env(os.environ, self.lab_env(trial))
+
+    def lab_env(self, trial: int = 1) -> dict[str, str]:
+        """The lab's variables (named here, as the credential filter would drop
+        AUTORESEARCH_EVAL_TOKENS for its TOKEN), and the trial's seed: repeats of one commit
+        measure run-to-run variation, not one run twice."""
         cfg = self.config
         extra = {name: os.environ[name] for name in LAB_VARIABLES if os.environ.get(name)}
         extra["AUTORESEARCH_SEED"] = str(SEED + trial - 1)
@@ -801,7 +823,7 @@ class Session:
             extra["AUTORESEARCH_PROFILE"] = cfg.profile
         if cfg.time_budget:
             extra["AUTORESEARCH_TIME_BUDGET"] = f"{cfg.time_budget:g}"
-        return training_env(os.environ, extra)
+        return extra
 
 
 def run_from_cli(**options) -> int:

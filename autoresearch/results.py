@@ -76,7 +76,7 @@ SCHEMA: tuple[Column, ...] = (
     Column("wall_seconds", _opt_float, 1),
     Column("parent", _text),
     # schema 2: trials (issue 8)
-    Column("role", _text, since=2),  # baseline | candidate | repeat | confirm
+    Column("role", _text, since=2),  # baseline | candidate | repeat | confirm | combine
     Column("trial", _opt_int, since=2),  # 1, 2, ... within the experiment
     Column("seed", _opt_int, since=2),  # AUTORESEARCH_SEED of this trial
     Column("mean_val_bpb", _opt_float, 6, since=2),  # the experiment's mean, on its deciding row

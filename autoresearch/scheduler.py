@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -65,8 +66,9 @@ class Prepared:
 class Speculator:
     """At most one speculative ask at a time, in a thread, in a scratch worktree."""
 
-    def __init__(self, proposer, scratch_root: Path):
+    def __init__(self, proposer, scratch_root: Path, prefix: str = "spec"):
         self.proposer = proposer
+        self.prefix = prefix  # the scratch worktree's name: spec-NNNN-xxxxxx (fix-... for a fix)
         self.scratch_root = Path(scratch_root)
         self._thread: threading.Thread | None = None
         self._prepared: Prepared | None = None
@@ -80,8 +82,8 @@ class Speculator:
 
     def start(self, ctx: Context, base: str, base_train_py: str, repo: Path) -> None:
         """Ask for `ctx.experiment` in a new scratch worktree of `base` (a worktree of `repo`)."""
-        self.clear_scratch(repo)
-        path = self.scratch_root / f"spec-{ctx.experiment:04d}"
+        self._drop_scratch()  # its own last one only: other speculators share the scratch root
+        path = self.scratch_root / f"{self.prefix}-{ctx.experiment:04d}-{uuid.uuid4().hex[:6]}"
         _git(repo, "worktree", "add", "--quiet", "--detach", str(path), base)
         self._scratch, self._repo = path, Path(repo)
         ctx = replace(ctx, workdir=path, train_py=base_train_py)
@@ -102,6 +104,11 @@ class Speculator:
             prepared.error = err
         except Exception as err:  # a bug in a backend must not vanish with the thread
             prepared.error = ProposerError(f"speculative proposal failed: {type(err).__name__}: {err}")
+
+    @property
+    def done(self) -> bool:
+        """The ask in flight has finished (take() will not wait)."""
+        return self._prepared is not None and self._thread is not None and not self._thread.is_alive()
 
     def take(self) -> Prepared | None:
         """The prepared ask (waiting for it to finish), or None; the scratch is removed."""

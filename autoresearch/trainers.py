@@ -16,12 +16,13 @@ died (SIGKILL, a lost Ray actor) while its training, in a session of its own, li
 
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Mapping
+from typing import Callable, Mapping
 
 from autoresearch.process import kill_marked, kill_orphan
 from autoresearch.runner import RunResult, is_secret, run_training, training_env
@@ -47,6 +48,9 @@ class TrainJob:
     env: dict[str, str] = field(default_factory=dict)  # lab variables only (AUTORESEARCH_*), not a whole environment
     timeout: float = 600.0  # hard limit of the run, seconds
     command: list[str] | None = None  # default: python train.py (the worker's python)
+    # Variables naming a file in the run's output folder: {"AUTORESEARCH_HANDOFF": "model.pt2"}
+    # becomes the absolute path there on the worker, so the file comes back as an artefact.
+    outputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -103,9 +107,11 @@ class LocalTrainer:
     """
 
     def __init__(self, worker_id: str, gpu: str | None = None, scratch_root: Path | None = None,
-                 base_env: Mapping[str, str] | None = None, keep_scratch: bool = False):
+                 base_env: Mapping[str, str] | None = None, keep_scratch: bool = False,
+                 wrap: Callable[[list[str], Path, Path], list[str]] | None = None):
         self.worker_id = worker_id
         self.gpu = gpu
+        self.wrap = wrap  # (argv, lab folder, output folder) -> argv: the coordinator's sandbox
         self.uid = uuid.uuid4().hex[:16]
         root = Path(scratch_root) if scratch_root else Path(tempfile.gettempdir()) / "autoresearch-workers"
         self.folder = root / self.uid
@@ -137,8 +143,11 @@ class LocalTrainer:
                 return lost_output(self.worker_id, f"could not prepare the scratch folder: {exc}")
             if self._cancelled.is_set():
                 return cancelled_output(self.worker_id)
+            command = job.command or [sys.executable, "train.py"]
+            if self.wrap is not None:
+                command = self.wrap(list(command), lab, out)
             result = run_training(lab, folder / "run.log", job.timeout, self._env(job, out),
-                                  command=job.command, pid_file=folder / "training.json")
+                                  command=command, pid_file=folder / "training.json")
             if self._cancelled.is_set():
                 result.status, result.reason = "cancelled", "cancelled"
             try:
@@ -188,6 +197,9 @@ class LocalTrainer:
         base = {k: v for k, v in self.base_env.items() if k not in WORKER_NOISE}
         # A job crosses machines: nothing shaped like a credential rides along, whatever it is called.
         extra = {k: v for k, v in job.env.items() if not is_secret(k, v) and k != "CUDA_VISIBLE_DEVICES"}
+        for name, relative in job.outputs.items():
+            _check_relative(relative)
+            extra[name] = str(out / relative)
         extra.update({OUTPUT_ENV: str(out), WORKER_ENV: self.uid, JOB_ENV: self._token})
         if self.gpu is not None:
             extra["CUDA_VISIBLE_DEVICES"] = self.gpu

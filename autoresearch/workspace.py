@@ -9,6 +9,7 @@ ignore rules do not already cover it) one line `/.autoresearch/` in .git/info/ex
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -237,6 +238,25 @@ class Workspace:
         )
         return self.head()
 
+    def commit_on(self, parent: str, train_py: str, message: str) -> str:
+        """A commit whose tree is `parent`'s with train.py replaced, made without touching the
+        worktree, the index or any branch (the coordinator's candidates: many at once, each on
+        the best it was built on). Returns the short sha; the branch moves only on a keep."""
+        blob = self._git.hash_object("-w", "--stdin", istream=_text_stream(train_py))
+        entries = self._git.ls_tree(parent, strip_newline_in_stdout=False).splitlines()
+        mode = "100644"
+        rows = []
+        for entry in entries:
+            meta, name = entry.split("\t", 1)
+            if name == "train.py":
+                mode = meta.split()[0] if meta.split()[0] in ("100644", "100755") else "100644"
+                continue
+            rows.append(entry)
+        rows.append(f"{mode} blob {blob}\ttrain.py")
+        tree = self._git.mktree(istream=_text_stream("\n".join(rows) + "\n"))
+        sha = self._git.commit_tree(tree, "-p", self.repo.commit(parent).hexsha, "-m", message, env=_IDENTITY)
+        return sha.strip()[:7]
+
     def rewind(self, commit: str) -> bool:
         """If HEAD is no longer the run branch at `commit` (someone committed, reset or switched
         branches in the worktree), put it back there, keeping the files: what they changed then
@@ -299,3 +319,11 @@ def _unregister(user: git.Repo, path: Path) -> None:
         user.git.worktree("remove", "--force", "--force", str(path))
     except GitCommandError as exc:
         raise AutoresearchError(f"cannot clear the old worktree {path}: {_git_error(exc)}") from None
+
+
+def _text_stream(text: str):
+    """`text` as a real file (git reads it as its stdin), bytes as they are."""
+    f = tempfile.TemporaryFile()
+    f.write(text.encode("utf-8"))
+    f.seek(0)
+    return f

@@ -7,6 +7,7 @@ result object with that total_cost_usd (an error result when it fails). The agen
 to STANDIN_SCRIPT + ".pid" first, so a test can see that it is running.
 """
 
+import fcntl
 import json
 import os
 import sys
@@ -18,9 +19,11 @@ from standin import set_constants  # noqa: E402
 
 script = Path(os.environ["STANDIN_SCRIPT"])
 Path(f"{script}.pid").write_text(str(os.getpid()))
-steps = json.loads(script.read_text())
-step = steps.pop(0) if steps else {"exit": 3}
-script.write_text(json.dumps(steps))
+with open(f"{script}.lock", "w") as lock:  # agents of several workers take steps at once
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    steps = json.loads(script.read_text())
+    step = steps.pop(0) if steps else {"exit": 3}
+    script.write_text(json.dumps(steps))
 sys.stdin.read()
 claude_cost = step.pop("claude_cost", None)
 
