@@ -612,8 +612,11 @@ class Coordinator(Session):
         if cfg.ray is not None:
             from autoresearch.ray_pool import RayTrainerPool
 
-            address = None if cfg.ray == "local" else cfg.ray
-            pool = RayTrainerPool(address, cfg.workers)
+            if cfg.ray == "local":  # Ray on this machine: one CPU slot per worker, whatever the cores
+                init = {"num_cpus": max(os.cpu_count() or 1, cfg.workers or 1)}
+                pool = RayTrainerPool(None, cfg.workers, init_kwargs=init)
+            else:
+                pool = RayTrainerPool(cfg.ray, cfg.workers)
             self.view.note(f"{pool.size} Ray workers on {cfg.ray}; training is unsandboxed on the cluster's nodes")
             return pool
         from autoresearch.local_pool import LocalTrainerPool

@@ -89,11 +89,12 @@ class _Slot:
 
 class RayTrainerPool:
     """`workers` actors (default: the cluster's GPUs / num_gpus_per_worker), each holding
-    `num_gpus_per_worker` GPUs. `address` None starts a local Ray instance (`init_kwargs` go to
+    `num_gpus_per_worker` GPUs (default 1; 0 on a cluster without GPUs when `workers` is given,
+    a CPU test bed). `address` None starts a local Ray instance (`init_kwargs` go to
     ray.init then); a pool that started Ray shuts it down on close. An already initialised Ray
     (a test fixture, a Ray job) is used as it is."""
 
-    def __init__(self, address: str | None = None, workers: int | None = None, num_gpus_per_worker: float = 1,
+    def __init__(self, address: str | None = None, workers: int | None = None, num_gpus_per_worker: float | None = None,
                  num_cpus_per_worker: float = 1, scratch_root: str | None = None, init_kwargs: dict | None = None):
         ray = self.ray = import_ray()
         self.owns_ray = not ray.is_initialized()
@@ -105,6 +106,8 @@ class RayTrainerPool:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise AutoresearchError(f"could not start or reach {where}: {_one_line(exc)}") from None
         gpus = ray.cluster_resources().get("GPU", 0)
+        if num_gpus_per_worker is None:  # a cluster without GPUs (a CPU test bed): CPU workers
+            num_gpus_per_worker = 1 if gpus or workers is None else 0
         if workers is None:
             workers = int(gpus // num_gpus_per_worker) if num_gpus_per_worker else 0
             if workers < 1:
