@@ -13,6 +13,7 @@ from autoresearch.loop import RunConfig, run
 from autoresearch.proposers import Proposal, Usage
 from autoresearch.results import ResultsFile
 from standin import TRAIN_PY, ScriptedProposer, make_lab, set_constants
+from test_faults_trust import cache, real_lab  # noqa: F401  (fixtures)
 from test_loop import RecordingView
 
 # A stand-in whose value has two independent knobs on lines far apart (A at the top, B at the
@@ -254,3 +255,22 @@ def test_bad_worker_options_are_one_line_errors(lab):
                           (dict(gpus="0", ray="auto"), "with --ray"), (dict(workers=0), "bad --workers")]:
         with pytest.raises(AutoresearchError, match=words):
             config(lab, **kwargs)
+
+
+@pytest.mark.slow
+def test_keeps_are_audited_when_two_workers_train_the_real_lab(real_lab, cache):
+    from reliability import replace_with
+    from test_faults_trust import GAMES, REAL_TRAIN
+
+    steps = [replace_with(GAMES["prints_a_fake_val_bpb"], "fake"), replace_with(REAL_TRAIN, "learn at all")]
+    steps += [replace_with(REAL_TRAIN.replace("\n", "\n\n", 1), "filler")] * 3
+    proposer = ScriptedProposer(steps)
+    proposer.can_fix = False
+    outcome = run(config(real_lab, workers=2, audit="on", time_budget=3, timeout=300, max_experiments=3),
+                  proposer=proposer, view=RecordingView())
+    got = check_record(real_lab, outcome)
+    by = {r.description: r for r in got}
+    assert by["baseline"].audit == "pass" and by["baseline"].sandbox in ("bwrap", "none")
+    assert by["fake"].status == "crash" and by["fake"].audit == "fail", by["fake"].reason
+    assert by["learn at all"].status == "keep" and by["learn at all"].audit == "pass", by["learn at all"].reason
+    assert by["learn at all"].val_bpb == pytest.approx(by["learn at all"].audit_val_bpb, abs=1e-6)
