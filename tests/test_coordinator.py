@@ -274,3 +274,24 @@ def test_keeps_are_audited_when_two_workers_train_the_real_lab(real_lab, cache):
     assert by["fake"].status == "crash" and by["fake"].audit == "fail", by["fake"].reason
     assert by["learn at all"].status == "keep" and by["learn at all"].audit == "pass", by["learn at all"].reason
     assert by["learn at all"].val_bpb == pytest.approx(by["learn at all"].audit_val_bpb, abs=1e-6)
+
+
+def test_max_hours_stops_every_launch_and_records_what_was_training(lab):
+    steps = [{"VAL": round(1.0 - i / 1000, 6), "SLEEP": 2.0} for i in range(1, 12)]
+    outcome = run(config(lab, max_hours=1.0 / 3600, workers=3), proposer=ScriptedProposer(steps), view=RecordingView())
+    assert outcome.state == "done" and "--max-hours" in outcome.message
+    got = check_record(lab, outcome)
+    # what was launched in the first second (the quick baseline, then one 2 s candidate per
+    # worker) trained to the end and has its row; nothing was launched after it
+    assert 2 <= len({r.experiment for r in got}) <= 1 + 3
+    assert not list((lab / ".autoresearch/scratch/t").glob("*"))  # no ask left behind
+
+
+def test_gpus_all_without_nvidia_smi_is_a_one_line_error(monkeypatch, tmp_path):
+    from autoresearch.coordinator import local_gpus
+    from autoresearch.errors import AutoresearchError
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(AutoresearchError, match="nvidia-smi"):
+        local_gpus("all")
+    assert local_gpus("2,3") == ["2", "3"]
