@@ -72,6 +72,7 @@ class Launch:
     proposal: Proposal | None = None  # the proposal (or fix) it trains, for a fix ask
     fixes: int = 0
     reruns: int = 0
+    gpu: str | None = None  # the local GPU that trained it (the audit of a keep runs there)
     crashed: Trained | None = None  # the crash a fix is being asked for (recorded if no fix comes)
     timing: tuple[float, float] | None = None  # (seconds trained, seconds its worker idled before)
 
@@ -119,6 +120,8 @@ def local_gpus(text: str | None) -> list[str]:
 class Coordinator(Session):
     """The multi-worker run: one thread owns the ledger, the branch and the proposer's asks."""
 
+    reuses_numbers = False  # a row may name a combination's number before it has a row
+
     def __init__(self, config, proposer, view, paths, pool=None):
         super().__init__(config, proposer, view, paths)
         self.pool = pool  # made in start() unless given (tests)
@@ -132,7 +135,8 @@ class Coordinator(Session):
         self.retry: list[tuple[int, dict]] = []  # numbers whose ask failed: asked again first
         self.worker_free_since: dict[str, float] = {}
         self.guarded: dict[Path, bytes | None] = {}  # what the coordinator last wrote to its records
-        self._combine: tuple | None = None  # (number, commit, parent, change) planned by verdict()
+        self._combine: tuple | None = None
+        self.audit_gpu: str | None = None  # (number, commit, parent, change) planned by verdict()
         self.workers_root = Path(config.repo_root) / ".autoresearch" / "workers" / config.tag
 
     # -- the algorithm -------------------------------------------------------------------------
@@ -145,7 +149,9 @@ class Coordinator(Session):
             if hard:
                 self.cancel_asks()
                 self.drop_unstarted()
+                self.settle_parked()
                 if not self.running:
+                    self.drop_parked()
                     return self.finish(hard)
             else:
                 if self.pool.size == 0:
@@ -219,8 +225,8 @@ class Coordinator(Session):
                             first.proposer, first.model, baseline=first.role == "baseline")
             if change.baseline:
                 trial = len(exp.rows) + 1 + len(busy.get(exp.number, ()))
-                if trial <= self.config.baseline_repeats:
-                    return Launch(change, trial)
+                if trial <= self.config.baseline_repeats or exp.number not in busy:
+                    return Launch(change, trial)  # (past the repeats: one more decides it)
             elif exp.number not in busy:
                 return Launch(change, len(exp.rows) + 1)
         if self.best.experiment is None and not any(exp.first.role == "baseline" for exp in self.ledger.experiments()):
@@ -295,6 +301,8 @@ class Coordinator(Session):
             self.asked(ask, ask.spec.take())
         for handle in [h for h in self.running if h.done]:
             launch = self.running.pop(handle)
+            trainer = getattr(getattr(handle, "slot", None), "trainer", None)
+            launch.gpu = getattr(trainer, "gpu", None)
             self.trained(launch, self.pool.result(handle))
 
     def trained(self, launch: Launch, output: TrainOutput) -> None:
@@ -307,7 +315,8 @@ class Coordinator(Session):
         run_seconds = output.result.seconds
         launch.timing = (run_seconds, max(0.0, now - run_seconds - idle_from))
         if output.lost:
-            self.view.note(f"[{n:04d}] trial {trial} lost on {output.worker or 'a worker'}: {output.lost_reason}")
+            again = "; it runs again on another worker" if launch.reruns < MAX_RERUNS else ""
+            self.view.note(f"[{n:04d}] trial {trial} lost on {output.worker or 'a worker'}: {output.lost_reason}{again}")
             if launch.reruns < MAX_RERUNS:
                 launch.reruns += 1
                 self.queue.insert(0, launch)
@@ -321,7 +330,7 @@ class Coordinator(Session):
                 and not self.hard_limit()):
             self.ask_fix(launch, trained)
             return
-        self.parked.append((launch, trained, output))
+        self.parked.append((launch, trained, None))  # not the output: its artefacts can be GBs
 
     def check(self, launch: Launch, output: TrainOutput) -> Trained:
         """What the loop's train_and_check does, for a run in a worker's scratch folder."""
@@ -386,6 +395,7 @@ class Coordinator(Session):
         change = launch.change
         earlier = [r for r in self.ledger.rows() if r.experiment == change.number]
         self.last_run = launch.timing
+        self.audit_gpu = launch.gpu
         if launch.record is not None and trained.status != "ok":
             _write_json(self.paths.run_dir(change.number) / "proposal.json", launch.record)
         self.settle(change, earlier, trained, launch.usage if launch.trial == 1 else Usage(),
@@ -431,6 +441,9 @@ class Coordinator(Session):
         return f"re-applied on it as experiment {m}"
 
     def record(self, row: Row, previous: Best) -> None:
+        tampered = [path.name for path, data in self.guarded.items() if restore_bytes(path, data)]
+        if tampered:  # written while nothing was checked (an audit ran): restored before the append
+            self.view.note(f"a training modified {', '.join(tampered)} meanwhile; restored")
         super().record(row, previous)
         self.open_numbers.discard(row.experiment)
         if row.status == "keep" and not self.workspace.at(row.commit):
@@ -442,6 +455,12 @@ class Coordinator(Session):
         if self.trust.sandbox is None or self.config.ray is not None:
             row.sandbox = "none"  # several trainings at once: a held-out read could not be attributed
 
+    def training_env(self, trial: int = 1) -> dict[str, str]:
+        env = super().training_env(trial)
+        if self.audit_gpu is not None:  # the audit: on the GPU whose training just ended
+            env["CUDA_VISIBLE_DEVICES"] = self.audit_gpu
+        return env
+
     # -- asking --------------------------------------------------------------------------------
 
     def start_asks(self) -> None:
@@ -449,11 +468,15 @@ class Coordinator(Session):
             return
         while self.wants_an_ask():
             if self.retry:
-                self.ask(*self.retry.pop(0))
-                continue
-            n = self.new_number()
-            self.fresh_run_dir(n)
-            self.ask(n, {"experiment": n, "proposer": self.proposer_name, "attempts": [], "failures": []})
+                asked = self.ask(*self.retry.pop(0))
+            else:
+                n = self.new_number()
+                self.fresh_run_dir(n)
+                asked = self.ask(n, {"experiment": n, "proposer": self.proposer_name, "attempts": [], "failures": []})
+            if not asked:  # git could not make a scratch worktree: try again on the next turn
+                if self.failures_in_a_row >= self.config.max_consecutive_proposer_failures:
+                    self.pause()
+                return
 
     def wants_an_ask(self) -> bool:
         room = self.room()
@@ -465,11 +488,13 @@ class Coordinator(Session):
         ideas = len(self.ideas) + sum(a.kind == "idea" for a in self.asks)
         if self.speculating:
             return ideas < self.pool.size
+        if any(a.kind == "idea" for a in self.asks):  # hparam, optuna: one ask at a time, in order
+            return False
         busy = {launch.change.number for launch in self.in_flight()}
         waiting = len(self.queue) + sum(exp.number not in busy for exp in self.undecided())
         return ideas < self.pool.free - waiting
 
-    def ask(self, n: int, record: dict) -> None:
+    def ask(self, n: int, record: dict) -> bool:
         """Ask for experiment n's idea in a thread, against the best as it stands, with what is
         running now in the history."""
         base = self.best.commit or self.base_short
@@ -481,9 +506,10 @@ class Coordinator(Session):
         except ProposerError as err:  # git could not make the scratch worktree
             self.proposal_failed(n, err, record, self.paths.run_dir(n))
             self.retry.append((n, record))
-            return
+            return False
         self.asks.append(Ask("idea", n, spec, record))
         self.view.phase(n, "proposing")
+        return True
 
     def running_entries(self) -> list[dict]:
         """What trains now or waits for a worker, as history entries with status `running`."""
@@ -598,7 +624,7 @@ class Coordinator(Session):
         self.lab_files = lab_files(self.workspace.path)
         if self.pool is None:
             self.pool = self.open_pool()
-        self.guard()
+        self.save_state(coordinator=True, workers=self.pool.size)  # saves and guards
 
     def reap_workers(self) -> int:
         """Kill the trainings of a killed coordinator's local workers and remove their folders."""
@@ -628,19 +654,29 @@ class Coordinator(Session):
         elif self.trust.heldout_paths():
             self.view.note("warning: several trainings at once, unsandboxed: held-out reads cannot be attributed "
                            "to one of them and are not watched (rows say sandbox=none); install bubblewrap")
-        return LocalTrainerPool(gpus, self.workers_root, wrap=wrap, on_gone=self.view.note)
+        return LocalTrainerPool(gpus, self.workers_root, wrap=wrap)
 
     def drop_unstarted(self) -> None:
-        """A hard limit: ideas not yet training are dropped (their cost counts); numbers unused."""
+        """A hard limit: ideas and launches not yet training are dropped (what their proposals
+        cost counts, in run.json); their numbers stay unused."""
+        spent = sum(idea.prepared.usage.cost_usd for idea in self.ideas)
+        spent += sum(launch.usage.cost_usd for launch in self.queue)
         for idea in self.ideas:
-            self.save_state(proposal_cost_usd=float(self.state.get("proposal_cost_usd") or 0)
-                            + idea.prepared.usage.cost_usd)
             self.open_numbers.discard(idea.number)
-        self.ideas = []
         for launch in self.queue:
             if launch.trial == 1:
                 self.open_numbers.discard(launch.change.number)
-        self.queue = []
+        self.ideas, self.queue = [], []
+        self.count_dropped(spent)
+
+    def drop_parked(self) -> None:
+        """The end: trials that can no longer be judged (their base was never measured)."""
+        self.count_dropped(sum(launch.usage.cost_usd for launch, _, _ in self.parked))
+        self.parked = []
+
+    def count_dropped(self, spent: float) -> None:
+        if spent and self.state:
+            self.save_state(proposal_cost_usd=float(self.state.get("proposal_cost_usd") or 0) + spent)
 
     def cancel_asks(self) -> None:
         spent = 0.0
@@ -663,9 +699,9 @@ class Coordinator(Session):
 
         previous = _ignore_stop_signals()
         try:
-            for ask in self.asks:
-                ask.spec.cancel()
-            self.asks = []
+            self.cancel_asks()  # their cost counts
+            self.drop_unstarted()
+            self.drop_parked()
             if self.pool is not None:
                 for handle in list(self.running):
                     try:

@@ -140,13 +140,15 @@ class Ledger:
         finally:
             os.close(fd)  # closing drops the flock
 
-    def open(self) -> None:
+    def open(self, reuse: bool = True) -> None:
         """At the start of a session: upgrade an older header, and number the next experiment
-        one past the last recorded (an experiment that died before its row is run again)."""
+        one past the last recorded (an experiment that died before its row is run again), or
+        with reuse=False past every number ever handed out (the coordinator's rows name them)."""
         with self.locked():
             self.file.upgrade()
             self._rows = self.file.rows()
-            self._write_next(self._next_from_rows())
+            after = self._next_from_rows()
+            self._write_next(after if reuse else max(after, self._read_next()))
 
     # -- reading ---------------------------------------------------------------------------
 

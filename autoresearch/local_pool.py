@@ -174,9 +174,10 @@ class LocalTrainerPool:
         try:
             output = slot.trainer.run(handle.job)
             gpu = slot.trainer.gpu
-            if output.result.status == "crash" and gpu is not None and not probe_gpu(gpu, self.base_env, self.probe):
-                slot.gone = f"GPU {gpu} does not answer after a crash of experiment {handle.job.experiment}"
-                self.on_gone(f"worker {slot.trainer.worker_id} is out of the pool: {slot.gone}")
+            status = output.result.status
+            if status in ("crash", "timeout") and gpu is not None and not probe_gpu(gpu, self.base_env, self.probe):
+                slot.gone = f"GPU {gpu} does not answer after a {status}; the worker is out of the pool"
+                self.on_gone(f"worker {slot.trainer.worker_id}: {slot.gone}")
                 output = lost_output(slot.trainer.worker_id, slot.gone, output.log)
         except BaseException as exc:  # a bug in the worker code: the coordinator raises it
             output = None

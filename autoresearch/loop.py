@@ -157,7 +157,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
     paths.dir.mkdir(parents=True, exist_ok=True)
     try:
         with stop_signals_as_interrupt(), RunLock(paths.lock):
-            session = session_class(config)(config, proposer, view, paths)
+            session = session_class(config, RunState.load(paths.state))(config, proposer, view, paths)
             try:
                 session.start()
                 return session.loop()
@@ -170,9 +170,12 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
         view.close()
 
 
-def session_class(config: RunConfig) -> type:
-    """The single-GPU loop, or the coordinator of many workers (--workers N>1, --gpus, --ray)."""
-    if (config.workers or 1) > 1 or config.gpus is not None or config.ray is not None:
+def session_class(config: RunConfig, state: dict | None = None) -> type:
+    """The single-GPU loop, or the coordinator of many workers (--workers N>1, --gpus, --ray).
+    A run the coordinator started stays with it (on one worker when resumed without options):
+    its candidates are judged against their own bases, which the single loop does not know."""
+    many = (config.workers or 1) > 1 or config.gpus is not None or config.ray is not None
+    if many or (state or {}).get("coordinator"):
         from autoresearch.coordinator import Coordinator
 
         return Coordinator
@@ -199,6 +202,8 @@ def check_start(config: RunConfig, state: dict) -> bool:
 class Session:
     """One invocation of `autoresearch run` on one tag: sequencing only. The record and the
     best are the Ledger's, the verdicts keep_rule's, git the Workspace's, processes the runner's."""
+
+    reuses_numbers = True  # an experiment killed before its first row runs again under its number
 
     def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths):
         self.config, self.proposer, self.view, self.paths = config, proposer, view, paths
@@ -388,7 +393,7 @@ class Session:
 
     def start(self) -> None:
         cfg = self.config
-        self.ledger.open()
+        self.ledger.open(reuse=self.reuses_numbers)
         self.workspace, self.state = self.open_workspace()
         kill_orphan(self.paths.training)
         kill_marked(AGENT_MARKER, str(self.workspace.path.resolve()))  # an agent of a killed harness

@@ -255,7 +255,7 @@ class Workspace:
         rows.append(f"{mode} blob {blob}\ttrain.py")
         tree = self._git.mktree(istream=_text_stream("\n".join(rows) + "\n"))
         sha = self._git.commit_tree(tree, "-p", self.repo.commit(parent).hexsha, "-m", message, env=_IDENTITY)
-        return sha.strip()[:7]
+        return self.short(sha.strip())
 
     def rewind(self, commit: str) -> bool:
         """If HEAD is no longer the run branch at `commit` (someone committed, reset or switched

@@ -20,7 +20,7 @@ from test_loop import RecordingView
 # bottom), so two ideas made on the same base merge; B also makes the run slower.
 TWO_KNOBS = TRAIN_PY.replace('import os\n', 'import os\n\nA = 0.0  # knob one\n\n\n', 1).replace(
     'time.sleep(float(os.environ.get("STANDIN_SLEEP", by_seed)))',
-    'time.sleep(float(os.environ.get("STANDIN_SLEEP", by_seed)) + 40 * B)').replace(
+    'time.sleep(float(os.environ.get("STANDIN_SLEEP", by_seed)) + 100 * B)').replace(
     'val = float("nan") if MODE == "nan" else VAL', 'val = float("nan") if MODE == "nan" else VAL - A - B'
 ) + '\n\n\nB = 0.0  # knob two\n'
 # B is read before it is assigned at the bottom: move the assignment up, keeping it far from A.
@@ -127,12 +127,12 @@ def test_a_candidate_that_beat_its_base_after_the_best_moved_is_combined_and_mea
     root = make_lab(tmp_repo, TWO_KNOBS)
     # Both ideas are asked on the baseline. A finishes first and is kept; B (slower) beats the
     # baseline too, but the best has moved: B is re-applied on A's commit and measured.
-    steps = [{"A": 0.01}, {"B": 0.02}] + [{"VAL": 1.5, "SLEEP": 2.0}] * 5  # fillers: slower than B
+    steps = [{"A": 0.01, "SLEEP": 0.3}, {"B": 0.02}] + [{"VAL": 1.5, "SLEEP": 3.0}] * 5  # fillers: slower than B
     proposer = ScriptedProposer(steps)
     outcome = run(config(root, max_experiments=6, workers=3), proposer=proposer, view=RecordingView())
     got = check_record(root, outcome)
     by = {r.experiment: r for r in got}
-    a = next(r for r in got if r.description == "set A 0.01")
+    a = next(r for r in got if r.description == "set A 0.01, SLEEP 0.3")
     b = next(r for r in got if r.description == "set B 0.02" and r.role == "candidate")
     combo = next(r for r in got if r.role == "combine")
     assert a.status == "keep" and b.status == "discard"
@@ -146,7 +146,7 @@ def test_a_candidate_that_beat_its_base_after_the_best_moved_is_combined_and_mea
 
 
 def test_an_overlapping_candidate_that_beat_its_old_base_is_not_combined(lab):
-    steps = [{"VAL": 0.99, "SLEEP": 0.1}, {"VAL": 0.98, "SLEEP": 1.0}] + [{"VAL": 1.5}] * 5
+    steps = [{"VAL": 0.99, "SLEEP": 0.5}, {"VAL": 0.98, "SLEEP": 1.5}] + [{"VAL": 1.5}] * 5
     outcome = run(config(lab, max_experiments=3, workers=3), proposer=ScriptedProposer(steps), view=RecordingView())
     got = check_record(lab, outcome)
     late = next(r for r in got if r.val_bpb == 0.98)
@@ -295,3 +295,15 @@ def test_gpus_all_without_nvidia_smi_is_a_one_line_error(monkeypatch, tmp_path):
     with pytest.raises(AutoresearchError, match="nvidia-smi"):
         local_gpus("all")
     assert local_gpus("2,3") == ["2", "3"]
+
+
+def test_a_coordinator_run_resumed_without_worker_options_stays_with_the_coordinator(lab):
+    steps = [{"VAL": round(1.0 - i / 1000, 6), "SLEEP": 0.3} for i in range(1, 20)]
+    first = run(config(lab, max_experiments=3, workers=2), proposer=ScriptedProposer(steps), view=RecordingView())
+    assert first.experiments == 3
+    again = run(config(lab, max_experiments=5, workers=None, resume=True, keep_rule="noise", baseline_repeats=1),
+                proposer=ScriptedProposer(steps[5:]), view=RecordingView())
+    got = check_record(lab, again)
+    assert again.experiments == 5 and len(got) >= 5
+    state = __import__("json").loads((lab / "results/t/run.json").read_text())
+    assert state["coordinator"] is True and state["workers"] == 1
