@@ -18,6 +18,10 @@ For each N and each pool (local workers, then `--ray local` if Ray can be import
                   plus experiments short of K; a row written twice is reported below the table
     frontier ok   branch autoresearch/scale is at the last keep's commit, and each keep's parent
                   (its row's and its git commit's) is the keep before it
+    workers busy  the trainings' run_seconds / (N x wall): how much of the time the loop kept
+                  its workers training. Read it next to efficiency: how many confirms an
+                  experiment needs depends on the order its verdicts come in, so trials per
+                  experiment vary with N (1.2 to 1.7) and move exp/hour by as much
 
     python bench/scale.py                                # N in 1,2,4,8; T = 4 s; 6 per worker
     python bench/scale.py --workers 1,2,4 --per-worker 3 --no-ray
@@ -62,11 +66,16 @@ class Measured:
     wall: float = 0.0
     lost: int = 0
     frontier_ok: bool = False
+    busy: float = 0.0  # seconds the training processes ran, all workers together
     problems: list = field(default_factory=list)
 
     @property
     def per_hour(self) -> float:
         return self.experiments / self.wall * 3600 if self.wall else 0.0
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy / (self.workers * self.wall) if self.wall else 0.0
 
 
 def make_lab(folder: Path, train_seconds: float) -> Path:
@@ -131,6 +140,7 @@ def check(lab: Path, limit: int, m: Measured) -> None:
     rows = ResultsFile(results / "results.tsv").rows() if (results / "results.tsv").exists() else []
     keys = [(r.experiment, r.trial or 1) for r in rows]
     m.trials, m.experiments = len(rows), len({r.experiment for r in rows})
+    m.busy = sum(r.run_seconds or 0.0 for r in rows)
     if len(keys) != len(set(keys)):
         m.problems.append(f"{len(keys) - len(set(keys))} (experiment, trial) rows written twice")
     trained = set()
@@ -170,12 +180,13 @@ def frontier_problems(lab: Path, keeps: list) -> list[str]:
 
 
 def table(measured: list[Measured]) -> str:
-    lines = ["| workers | pool | experiments | trials | wall s | exp/hour | speedup | efficiency | rows lost | frontier ok |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| workers | pool | experiments | trials | wall s | exp/hour | speedup | efficiency | rows lost "
+             "| frontier ok | workers busy |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for m in measured:
         speedup, efficiency = scaling(m, measured)
         lines.append(f"| {m.workers} | {m.pool} | {m.experiments} | {m.trials} | {m.wall:.1f} | {m.per_hour:.0f} "
-                     f"| {speedup:.2f} | {efficiency:.2f} | {m.lost} | {'yes' if m.frontier_ok else 'no'} |")
+                     f"| {speedup:.2f} | {efficiency:.2f} | {m.lost} | {'yes' if m.frontier_ok else 'no'} "
+                     f"| {100 * m.utilisation:.0f}% |")
     return "\n".join(lines)
 
 
@@ -210,7 +221,8 @@ def main() -> None:
           f"{os.cpu_count()} CPU cores")
     checked = [m for m in measured if m.workers <= 8]
     held = all(scaling(m, measured)[1] >= GOAL and not m.lost and m.frontier_ok and not m.problems for m in checked)
-    print(f"goal (efficiency >= {GOAL} for N <= 8, no row lost, frontier consistent): {'holds' if held else 'does not hold'}")
+    print(f"goal (efficiency >= {GOAL} for N <= 8, no row lost, frontier consistent): "
+          f"{'holds' if held else 'does not hold'}")
     for m in measured:
         for problem in m.problems:
             print(f"{m.pool} x{m.workers}: {problem}")
