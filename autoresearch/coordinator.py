@@ -37,6 +37,7 @@ every training results.tsv, run.json and the number counter are compared with wh
 coordinator last wrote, restored, and the training's row is a crash.
 """
 
+import math
 import os
 import subprocess
 import time
@@ -352,7 +353,7 @@ class Coordinator(Session):
             return Trained(result, "crash", result.reason or result.status,
                            fixable=result.status in ("crash", "diverged"))
         val = result.metrics.get("val_bpb")
-        if not isinstance(val, (int, float)) or val != val or val in (float("inf"), float("-inf")):
+        if not isinstance(val, (int, float)) or not math.isfinite(val):
             return Trained(result, "crash", f"val_bpb is {val}")
         model = None
         if self.trust.audit and MODEL_FILE in output.artefacts:

@@ -20,11 +20,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from autoresearch.trainers import LocalTrainer, TrainJob, TrainOutput, cancelled_output, lost_output
+from autoresearch.trainers import Handle, LocalTrainer, TrainJob, TrainOutput, cancelled_output, lost_output
 
 PROBE_TIMEOUT = 120.0
 # Exit 0 when the (only visible) GPU answers; run with CUDA_VISIBLE_DEVICES set to the worker's GPU.
@@ -33,24 +33,10 @@ GPU_PROBE = [sys.executable, "-c",
 
 
 @dataclass(eq=False)
-class LocalHandle:
-    id: int
-    job: TrainJob
-    slot: "_LocalSlot | None" = None
-    output: TrainOutput | None = None
-    error: BaseException | None = None
-    submitted: float = field(default_factory=time.monotonic)
-
-    @property
-    def done(self) -> bool:
-        return self.output is not None or self.error is not None
-
-
-@dataclass(eq=False)
 class _LocalSlot:
     index: int
     trainer: LocalTrainer
-    running: LocalHandle | None = None
+    running: Handle | None = None
     gone: str = ""  # why the worker was taken out ("" while it is in)
 
 
@@ -78,8 +64,8 @@ class LocalTrainerPool:
         for i, gpu in enumerate(gpus):
             name = f"w{i}" + (f"/gpu{gpu}" if gpu is not None else "")
             self.slots.append(_LocalSlot(i, LocalTrainer(name, gpu, self.scratch_root, self.base_env, wrap=wrap)))
-        self.queue: list[LocalHandle] = []
-        self.unclaimed: list[LocalHandle] = []
+        self.queue: list[Handle] = []
+        self.unclaimed: list[Handle] = []
         self._ids = 0
         self._changed = threading.Condition()
 
@@ -95,16 +81,16 @@ class LocalTrainerPool:
         with self._changed:
             return max(0, sum(s.running is None and not s.gone for s in self.slots) - len(self.queue))
 
-    def submit(self, job: TrainJob) -> LocalHandle:
+    def submit(self, job: TrainJob) -> Handle:
         with self._changed:
             self._ids += 1
-            handle = LocalHandle(self._ids, job)
+            handle = Handle(self._ids, job)
             self.queue.append(handle)
             self.unclaimed.append(handle)
             self._dispatch()
         return handle
 
-    def wait(self, handles: list[LocalHandle] | None = None, timeout: float | None = None) -> list[LocalHandle]:
+    def wait(self, handles: list[Handle] | None = None, timeout: float | None = None) -> list[Handle]:
         """Block until one of `handles` (default: all not yet claimed) is done or `timeout` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
@@ -118,7 +104,7 @@ class LocalTrainerPool:
                     return []
                 self._changed.wait(left)
 
-    def result(self, handle: LocalHandle, timeout: float | None = None) -> TrainOutput:
+    def result(self, handle: Handle, timeout: float | None = None) -> TrainOutput:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not handle.done:
             left = None if deadline is None else deadline - time.monotonic()
@@ -132,7 +118,7 @@ class LocalTrainerPool:
             raise handle.error
         return handle.output
 
-    def cancel(self, handle: LocalHandle) -> None:
+    def cancel(self, handle: Handle) -> None:
         """Dequeue it, or kill its training and return once it has ended."""
         with self._changed:
             if handle.done:
@@ -146,7 +132,7 @@ class LocalTrainerPool:
         slot.trainer.cancel(handle.job.key)
         self.wait([handle], timeout=60)
 
-    def pending(self) -> list[LocalHandle]:
+    def pending(self) -> list[Handle]:
         with self._changed:
             return list(self.queue) + [s.running for s in self.slots if s.running is not None]
 
@@ -170,7 +156,7 @@ class LocalTrainerPool:
                 threading.Thread(target=self._run, args=(slot, handle), daemon=True,
                                  name=f"train-{handle.job.experiment}-{handle.job.trial}").start()
 
-    def _run(self, slot: _LocalSlot, handle: LocalHandle) -> None:
+    def _run(self, slot: _LocalSlot, handle: Handle) -> None:
         try:
             output = slot.trainer.run(handle.job)
             gpu = slot.trainer.gpu

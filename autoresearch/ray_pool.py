@@ -18,11 +18,12 @@ is imported only here, when a pool is made.
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.trainers import LocalTrainer, TrainJob, TrainOutput, cancelled_output, lost_output, reap_worker
+from autoresearch.trainers import (Handle, LocalTrainer, TrainJob, TrainOutput, cancelled_output, lost_output,
+                                   reap_worker)
 
 RAY_MISSING = "--ray needs Ray: pip install 'autoresearch[ray]'"
 CANCEL_WAIT = 60.0  # seconds an actor gets to stop a cancelled run before it is killed instead
@@ -60,23 +61,6 @@ class TrainerActor:
 
     def cancel(self, key: tuple[int, int]) -> bool:
         return self.trainer.cancel(key, wait=CANCEL_WAIT)
-
-
-@dataclass(eq=False)
-class Handle:
-    """One submitted job: queued, running on a slot, or finished (output or error set)."""
-
-    id: int
-    job: TrainJob
-    slot: "_Slot | None" = None
-    ref: object = None
-    output: TrainOutput | None = None
-    error: BaseException | None = None  # a bug in the worker code (RayTaskError), raised by result()
-    submitted: float = field(default_factory=time.monotonic)
-
-    @property
-    def done(self) -> bool:
-        return self.output is not None or self.error is not None
 
 
 @dataclass(eq=False)

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -75,6 +76,24 @@ class TrainOutput:
         path.write_bytes(self.log)
         self.result.log_path = path
         return self.result
+
+
+@dataclass(eq=False)
+class Handle:
+    """One job submitted to a pool (local_pool, ray_pool): queued, running on a slot, or
+    finished (output or error set)."""
+
+    id: int
+    job: TrainJob
+    slot: object = None  # the pool's slot that runs it
+    ref: object = None  # Ray: the ObjectRef of the actor call
+    output: TrainOutput | None = None
+    error: BaseException | None = None  # a bug in the worker code, raised by the pool's result()
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> bool:
+        return self.output is not None or self.error is not None
 
 
 def lost_output(worker: str, reason: str, log: bytes = b"") -> TrainOutput:
