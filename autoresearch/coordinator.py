@@ -37,7 +37,6 @@ every training results.tsv, run.json and the number counter are compared with wh
 coordinator last wrote, restored, and the training's row is a crash.
 """
 
-import math
 import os
 import subprocess
 import time
@@ -48,7 +47,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.keep_rule import Verdict
 from autoresearch.ledger import Best, Experiment
 from autoresearch.loop import (RunOutcome, Session, Trained, Change, _feedback, _one_line, _proposal_record,
-                               _write_json, compile_cache_dirs)
+                               _write_json, compile_cache_dirs, judge_run)
 from autoresearch.proposers import Proposal, ProposerError, Usage
 from autoresearch.results import Row, read_bytes, restore_bytes, utc_now
 from autoresearch.scheduler import Prepared, Speculator, rebase_train_py
@@ -347,19 +346,11 @@ class Coordinator(Session):
                 ["wrote files: " + ", ".join(written[:5])] if written else [])
         cache = self.trust.cache_changes(full=False)
         reasons += cache
-        if reasons:
-            return Trained(result, "crash", "; ".join(reasons), cache_changed=bool(cache))
-        if result.status != "ok":
-            return Trained(result, "crash", result.reason or result.status,
-                           fixable=result.status in ("crash", "diverged"))
-        val = result.metrics.get("val_bpb")
-        if not isinstance(val, (int, float)) or not math.isfinite(val):
-            return Trained(result, "crash", f"val_bpb is {val}")
         model = None
-        if self.trust.audit and MODEL_FILE in output.artefacts:
+        if not reasons and self.trust.audit and MODEL_FILE in output.artefacts:
             model = model_path(folder, trial)
             model.write_bytes(output.artefacts[MODEL_FILE])
-        return Trained(result, "ok", "", val_bpb=float(val), model=model)
+        return judge_run(result, reasons, bool(cache), model)
 
     # -- settling --------------------------------------------------------------------------------
 

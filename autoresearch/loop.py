@@ -746,14 +746,7 @@ class Session:
             reasons.append(_stray_reason(stray, self.workspace))
         if reasons:
             self.workspace.revert_to(trained)
-            return Trained(result, "crash", "; ".join(reasons), cache_changed=cache_changed)
-        if result.status != "ok":
-            return Trained(result, "crash", result.reason or result.status,
-                           fixable=result.status in ("crash", "diverged"))
-        val = result.metrics.get("val_bpb")
-        if not isinstance(val, (int, float)) or not math.isfinite(val):
-            return Trained(result, "crash", f"val_bpb is {val}")
-        return Trained(result, "ok", "", val_bpb=float(val), model=model)  # settle() judges it
+        return judge_run(result, reasons, cache_changed, model)
 
     def make_row(self, change: Change, trial: int, role: str, status: str, reason: str, result: RunResult,
                  usage: Usage, started_at: str, t0: float, verdict: Verdict | None) -> Row:
@@ -839,6 +832,20 @@ def run_from_cli(**options) -> int:
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+
+
+def judge_run(result: RunResult, reasons: list[str], cache_changed: bool, model: Path | None) -> Trained:
+    """A finished training as the loop judges it: a crash for what it did (`reasons`), for how
+    it ended, or for its val_bpb; otherwise ok, to be judged against the best by settle()."""
+    if reasons:
+        return Trained(result, "crash", "; ".join(reasons), cache_changed=cache_changed)
+    if result.status != "ok":
+        return Trained(result, "crash", result.reason or result.status,
+                       fixable=result.status in ("crash", "diverged"))
+    val = result.metrics.get("val_bpb")
+    if not isinstance(val, (int, float)) or not math.isfinite(val):
+        return Trained(result, "crash", f"val_bpb is {val}")
+    return Trained(result, "ok", "", val_bpb=float(val), model=model)
 
 
 def compile_cache_dirs(env: dict[str, str]) -> dict[str, str]:
