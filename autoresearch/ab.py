@@ -38,12 +38,13 @@ from autoresearch.config import check_tag
 from autoresearch.errors import AutoresearchError
 from autoresearch.ledger import Ledger, group
 from autoresearch.live import View
+from autoresearch.proposers import REGISTRY
 from autoresearch.proposers.base import ProposerOptions
-from autoresearch.results import ResultsFile, RunLock, RunState, utc_now
+from autoresearch.proposers.optuna_backend import SAMPLERS
+from autoresearch.records import ResultsFile, RunLock, RunState, utc_now
 
 MANIFEST = "ab.json"
-BACKENDS = ("anthropic", "command", "hparam", "openai", "optuna")
-SAMPLERS = ("tpe", "cmaes", "random")
+BACKENDS = tuple(sorted(REGISTRY))
 
 
 @dataclass
@@ -161,7 +162,7 @@ def say(text: str) -> None:
 
 
 def run_ab(cfg: ABConfig) -> ABOutcome:
-    from autoresearch import loop
+    from autoresearch import loop, opening
 
     root, tag = Path(cfg.repo_root), check_tag(cfg.tag)
     folder = root / "results" / tag
@@ -170,7 +171,7 @@ def run_ab(cfg: ABConfig) -> ABOutcome:
         preflight_arms(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        with loop.stop_signals_as_interrupt(), RunLock(folder / "ab.lock"):
+        with opening.stop_signals_as_interrupt(), RunLock(folder / "ab.lock"):
             if manifest is None:
                 write_manifest(folder, cfg)
             baseline = run_baseline(cfg, loop)

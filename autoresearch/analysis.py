@@ -21,13 +21,12 @@ from types import SimpleNamespace
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.ledger import best_of, group, noise_of
-from autoresearch.results import DECIDING, PARSERS, UPSTREAM_COLUMNS, RunState
-from autoresearch.results import STATUSES as ROW_STATUSES
+from autoresearch.records import DECIDING, PARSERS, UPSTREAM_COLUMNS, RunState
+from autoresearch.records import STATUSES as ROW_STATUSES
 
 STATUSES = DECIDING  # an experiment's verdicts; `trial` rows are measurements that decided nothing
 # CUDA run-to-run jitter of val_bpb is a few x 1e-4 (upstream PR #560): smaller wins are suspect
 NOISE_BPB = 3e-4
-STATES = ("running", "paused", "stopped", "done")
 
 
 

@@ -34,10 +34,6 @@ class CacheGuard:
                 f"(autoresearch prepare ...)") from None
         self.heldout: list[str] = list(manifest.get("heldout", []))
 
-    def _gone(self, rel: str) -> str | None:
-        path = self.root / rel
-        return None if path.is_file() else f"cache file {rel} was removed"
-
     def quick_changes(self) -> list[str]:
         """One line per file whose size or mtime differs from the manifest (or that is gone)."""
         changes = []

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import typer
 
+from autoresearch.config import PROFILES
 from autoresearch.errors import AutoresearchError
+from autoresearch.keep_rule import RULES
+from autoresearch.proposers import REGISTRY
+from autoresearch.trust import AUDIT_CHOICES, SANDBOX_CHOICES
+
+PROPOSERS = ", ".join(sorted(REGISTRY))
 
 app = typer.Typer(
     help="Let an LLM do ML research on one GPU overnight: propose a change to train.py, "
@@ -61,23 +67,23 @@ def prepare(ctx: typer.Context):
 def run(
     tag: str = typer.Option(..., "--tag", help="Name of the run: branch autoresearch/<tag>, results in results/<tag>/."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (the same command without it does too)."),
-    proposer: str = typer.Option("hparam", "--proposer", help="hparam (no LLM, the default), openai, anthropic or command."),
+    proposer: str = typer.Option("hparam", "--proposer", help=f"{PROPOSERS} (hparam: no LLM, the default)."),
     model: str = typer.Option(None, "--model", help="Model name for openai / anthropic."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, OpenRouter); else OPENAI_BASE_URL."),
     command: str = typer.Option(None, "--command", help="For --proposer command: the agent command, run in the worktree with the prompt on stdin."),
     seed: int = typer.Option(0, "--seed", help="Seed of the hparam proposer."),
     sampler: str = typer.Option("tpe", "--sampler", help="For --proposer optuna: tpe, cmaes or random."),
-    keep_rule: str = typer.Option("noise", "--keep-rule", help="noise (keep only what beats the best beyond the noise) or greedy (upstream: any lower val_bpb)."),
+    keep_rule: str = typer.Option("noise", "--keep-rule", help=f"{' or '.join(RULES)}: noise keeps only what beats the best beyond the noise, greedy (upstream) any lower val_bpb."),
     baseline_repeats: int = typer.Option(2, "--baseline-repeats", min=1, help="Times the unmodified baseline is trained (its spread is the first noise estimate)."),
     min_delta: float = typer.Option(1e-4, "--min-delta", min=0.0, help="Smallest val_bpb gain worth keeping, whatever the noise."),
     max_experiments: int = typer.Option(None, "--max-experiments", min=1, help="Stop after N experiments (baseline included; repeats and confirms are trials of one experiment)."),
     max_hours: float = typer.Option(None, "--max-hours", min=0.0, help="Stop starting experiments after H hours."),
     max_cost: float = typer.Option(None, "--max-cost", min=0.0, help="Stop once proposals have cost this many USD."),
-    profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
+    profile: str = typer.Option(None, "--profile", help=f"Lab profile, {' or '.join(PROFILES)} (default: gpu when CUDA is available)."),
     time_budget: float = typer.Option(None, "--time-budget", min=0.1, help="Training seconds per experiment (default: the profile's)."),
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run (default: budget + max(budget, 120))."),
-    audit: str = typer.Option("on", "--audit", help="on: every keep is re-evaluated from the base commit's prepare.py (val and held-out); off: for labs whose train.py hands over no model."),
-    sandbox: str = typer.Option("auto", "--sandbox", help="on, off or auto (bubblewrap when it works here, else a warning): training cannot write outside its run folder, reach the network or read the held-out split."),
+    audit: str = typer.Option("on", "--audit", help=f"{' or '.join(AUDIT_CHOICES)}. on: every keep is re-evaluated from the base commit's prepare.py (val and held-out); off: for labs whose train.py hands over no model."),
+    sandbox: str = typer.Option("auto", "--sandbox", help=f"{', '.join(SANDBOX_CHOICES)} (auto: bubblewrap when it works here, else a warning): training cannot write outside its run folder, reach the network or read the held-out split."),
     no_speculate: bool = typer.Option(False, "--no-speculate", help="Ask for the next proposal only after the last one trained (default: while it trains, for openai, anthropic and command)."),
     workers: int = typer.Option(None, "--workers", min=1, help="Train this many candidates at once, one shared best (CPU, tests; with --ray: actors, default the cluster's GPUs)."),
     gpus: str = typer.Option(None, "--gpus", help="One worker per GPU of this machine: 0,1,2,3 or all."),
@@ -119,14 +125,14 @@ def ab(
     max_hours: float = typer.Option(None, "--max-hours", min=0.0, help="Stop starting experiments after H hours (overall)."),
     max_cost: float = typer.Option(None, "--max-cost", min=0.0, help="USD per arm: an arm stops once its proposals cost this much."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint for openai arms; else OPENAI_BASE_URL."),
-    keep_rule: str = typer.Option("noise", "--keep-rule", help="noise or greedy, the same for every arm."),
+    keep_rule: str = typer.Option("noise", "--keep-rule", help=f"{' or '.join(RULES)}, the same for every arm."),
     baseline_repeats: int = typer.Option(2, "--baseline-repeats", min=1, help="Trials of the shared baseline (its spread is the first noise estimate)."),
     min_delta: float = typer.Option(1e-4, "--min-delta", min=0.0, help="Smallest val_bpb gain worth keeping."),
-    profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
+    profile: str = typer.Option(None, "--profile", help=f"Lab profile, {' or '.join(PROFILES)} (default: gpu when CUDA is available)."),
     time_budget: float = typer.Option(None, "--time-budget", min=0.1, help="Training seconds per experiment (default: the profile's)."),
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run."),
-    audit: str = typer.Option("on", "--audit", help="on: every keep re-evaluated by the base prepare.py; off for labs that train no model."),
-    sandbox: str = typer.Option("auto", "--sandbox", help="on, off or auto (bubblewrap when it works here)."),
+    audit: str = typer.Option("on", "--audit", help=f"{' or '.join(AUDIT_CHOICES)}. on: every keep re-evaluated by the base prepare.py; off for labs that train no model."),
+    sandbox: str = typer.Option("auto", "--sandbox", help=f"{', '.join(SANDBOX_CHOICES)} (auto: bubblewrap when it works here)."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """A/B: one shared baseline, then the arms take turns on the same GPU (A B A B ...); the same command resumes."""
@@ -202,7 +208,7 @@ def doctor(
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint; else OPENAI_BASE_URL."),
     command: str = typer.Option(None, "--command", help="For --proposer command: the agent command."),
     sampler: str = typer.Option("tpe", "--sampler", help="For --proposer optuna: tpe, cmaes or random."),
-    profile: str = typer.Option(None, "--profile", help="Lab profile, gpu or cpu (default: gpu when CUDA is available)."),
+    profile: str = typer.Option(None, "--profile", help=f"Lab profile, {' or '.join(PROFILES)} (default: gpu when CUDA is available)."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """Check before a night: data prepared, GPU visible, disk space, the proposer's key or agent."""

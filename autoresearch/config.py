@@ -1,7 +1,6 @@
 """A run's settings, resolved once: the CLI's options become one RunConfig here, checked here.
 
-Also the two lists every other module shares: the lab's variables (passed to training, kept out
-of the credential filter) and the tag rule.
+Also the tag rule, which every module that names a run shares.
 """
 
 import re
@@ -10,14 +9,11 @@ from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.keep_rule import MIN_DELTA, RULES
+from autoresearch.lab import find_lab
 from autoresearch.proposers.base import ProposerOptions
+from autoresearch.trust import AUDIT_CHOICES, SANDBOX_CHOICES
 
-# The lab's settings (docs/architecture.md). Passed through to training; the credential filter
-# would otherwise drop AUTORESEARCH_EVAL_TOKENS for its TOKEN.
-LAB_VARIABLES = ("AUTORESEARCH_PROFILE", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_CACHE",
-                 "AUTORESEARCH_SOURCE", "AUTORESEARCH_EVAL_TOKENS", "AUTORESEARCH_SEED")
 PROFILES = ("gpu", "cpu")
-SEED = 42  # train.py's default seed; trial k of an experiment trains with SEED + k - 1
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # and no "..", no ".lock"/"." ending
 
 
@@ -59,8 +55,8 @@ class RunConfig:
     preflight: bool = True  # doctor.preflight before anything trains (gpu, data, disk, key, agent)
     audit: str = "on"  # on: every keep is re-evaluated from the base prepare.py (trust.py); off: not
     sandbox: str = "auto"  # on | off | auto (bubblewrap when it works here, else a warning)
-    speculate: bool = True  # ask for the next proposal while one trains (slow proposers only; scheduler.py)
-    workers: int | None = None  # trainings at once (coordinator.py); None: one, or one per --gpus entry
+    speculate: bool = True  # ask for the next proposal while one trains (slow proposers only; asking.py)
+    workers: int | None = None  # trainings at once; None: one, or one per --gpus entry
     gpus: str | None = None  # "0,1,2,3" or "all": one worker per GPU, pinned by CUDA_VISIBLE_DEVICES
     ray: str | None = None  # a Ray cluster's address, or "auto": workers are Ray actors (ray_pool.py)
 
@@ -72,10 +68,10 @@ class RunConfig:
             raise AutoresearchError(f"bad --keep-rule {self.keep_rule!r}: use {' or '.join(RULES)}")
         if self.baseline_repeats < 1:
             raise AutoresearchError(f"bad --baseline-repeats {self.baseline_repeats}: train the baseline at least once")
-        if self.audit not in ("on", "off"):
-            raise AutoresearchError(f"bad --audit {self.audit!r}: use on or off")
-        if self.sandbox not in ("on", "off", "auto"):
-            raise AutoresearchError(f"bad --sandbox {self.sandbox!r}: use on, off or auto")
+        if self.audit not in AUDIT_CHOICES:
+            raise AutoresearchError(f"bad --audit {self.audit!r}: use {' or '.join(AUDIT_CHOICES)}")
+        if self.sandbox not in SANDBOX_CHOICES:
+            raise AutoresearchError(f"bad --sandbox {self.sandbox!r}: use {', '.join(SANDBOX_CHOICES)}")
         if self.min_delta < 0:
             raise AutoresearchError(f"bad --min-delta {self.min_delta:g}: a gain, 0 or more")
         if self.workers is not None and self.workers < 1:
@@ -110,8 +106,6 @@ def from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", model
              sampler: str = "tpe", **settings) -> RunConfig:
     """`autoresearch run`'s options as a RunConfig: the proposer's go to ProposerOptions, the
     rest are RunConfig fields of the same name."""
-    from autoresearch.lab import find_lab
-
     check_tag(tag)
     root = find_lab(Path(repo or Path.cwd()).resolve())
     options = ProposerOptions(model=model, base_url=base_url, command=command, seed=seed, sampler=sampler)

@@ -5,9 +5,16 @@ import ast
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+
+# The lab's settings (docs/architecture.md). Passed through to training; the credential filter
+# would otherwise drop AUTORESEARCH_EVAL_TOKENS for its TOKEN.
+LAB_VARIABLES = ("AUTORESEARCH_PROFILE", "AUTORESEARCH_TIME_BUDGET", "AUTORESEARCH_CACHE",
+                 "AUTORESEARCH_SOURCE", "AUTORESEARCH_EVAL_TOKENS", "AUTORESEARCH_SEED")
+SEED = 42  # train.py's default seed; trial k of an experiment trains with SEED + k - 1
 
 BANNER = re.compile(r"^# ?-{10,}\s*$")
 DEFAULT_BUDGET = 300.0  # seconds, when neither --time-budget nor prepare.py says otherwise
@@ -126,3 +133,41 @@ def detect_profile() -> str:
         return "gpu" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """The lab as one run trains it, resolved once at the start: profile, budget, timeout, the
+    variables every training gets (named here, as the credential filter would drop
+    AUTORESEARCH_EVAL_TOKENS for its TOKEN) and the lab contract the proposer is shown."""
+
+    profile: str
+    budget: float
+    timeout: float
+    variables: dict
+    contract: str
+
+    @classmethod
+    def resolve(cls, config, prepare_py: str, environ: dict) -> "LabSettings":
+        profile = config.profile or environ.get("AUTORESEARCH_PROFILE") or detect_profile()
+        budget = config.time_budget or _float(environ.get("AUTORESEARCH_TIME_BUDGET")) or lab_time_budget(
+            prepare_py, profile)
+        variables = {name: environ[name] for name in LAB_VARIABLES if environ.get(name)}
+        variables.update(config.extra_env)
+        if config.profile:
+            variables["AUTORESEARCH_PROFILE"] = config.profile
+        if config.time_budget:
+            variables["AUTORESEARCH_TIME_BUDGET"] = f"{config.time_budget:g}"
+        return cls(profile, budget, config.timeout or budget + max(budget, 120.0), variables, lab_contract(prepare_py))
+
+    def env(self, trial: int = 1) -> dict[str, str]:
+        """The lab's variables and the trial's seed: repeats of one commit measure run-to-run
+        variation, not one run twice."""
+        return {**self.variables, "AUTORESEARCH_SEED": str(SEED + trial - 1)}
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None

@@ -25,7 +25,7 @@ from statistics import fmean
 from typing import Iterable, Sequence
 
 from autoresearch.keep_rule import Noise, pooled_noise
-from autoresearch.results import DECIDING, ResultsFile, Row
+from autoresearch.records import DECIDING, ResultsFile, Row, RunState, read_bytes, restore_bytes
 
 
 HIDDEN_FROM_PROPOSER = ("heldout_bpb",)  # the audit's held-out number: the user's, not the proposer's
@@ -115,14 +115,18 @@ def noise_of(experiments: Sequence[Experiment]) -> Noise:
 
 
 class Ledger:
-    """results/<tag>/results.tsv with its lock (ledger.lock) and number counter (numbers)."""
+    """results/<tag>/: results.tsv with its lock (ledger.lock) and number counter (numbers), and
+    run.json (the run's state and what was spent outside any row)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.file = ResultsFile(self.folder / "results.tsv")
         self.lock_path = self.folder / "ledger.lock"
         self.numbers_path = self.folder / "numbers"
+        self.state_path = self.folder / "run.json"
+        self.state: dict = RunState.load(self.state_path)  # run.json as last saved
         self._rows: list[Row] | None = None
+        self._written: dict[Path, bytes | None] = {}  # the records as this process last wrote them
 
     @property
     def path(self) -> Path:
@@ -140,15 +144,15 @@ class Ledger:
         finally:
             os.close(fd)  # closing drops the flock
 
-    def open(self, reuse: bool = True) -> None:
+    def open(self) -> None:
         """At the start of a session: upgrade an older header, and number the next experiment
-        one past the last recorded (an experiment that died before its row is run again), or
-        with reuse=False past every number ever handed out (the coordinator's rows name them)."""
+        past every number ever handed out (one that never got a row stays unused: a row may name
+        another experiment's number, as a combination's does)."""
         with self.locked():
             self.file.upgrade()
             self._rows = self.file.rows()
-            after = self._next_from_rows()
-            self._write_next(after if reuse else max(after, self._read_next()))
+            self._write_next(max(self._next_from_rows(), self._read_next()))
+        self.remember()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -195,13 +199,53 @@ class Ledger:
         with self.locked():
             number = max(self._read_next(), self._next_from_rows(self.file.rows()))
             self._write_next(number + 1)
-            return number
+        self.remember()
+        return number
 
     def append(self, row: Row) -> None:
         """Append one trial's row durably (the commit point of that trial)."""
         with self.locked():
             self.file.append(row)
         self._rows = None
+        self.remember()
+
+    # -- run.json ----------------------------------------------------------------------------
+
+    def save_state(self, **fields) -> dict:
+        self.state = RunState.save(self.state_path, **fields)
+        self.remember()
+        return self.state
+
+    @property
+    def spent_outside_rows(self) -> float:
+        """USD spent on asks that no row carries: failed, thrown away, cancelled."""
+        return float(self.state.get("proposal_cost_usd") or 0)
+
+    def add_cost(self, usd: float) -> float:
+        """Count what an ask cost that no row will carry; returns the new total outside rows."""
+        if usd:
+            self.save_state(proposal_cost_usd=self.spent_outside_rows + usd)
+        return self.spent_outside_rows
+
+    def count_failed_proposal(self, usd: float) -> float:
+        self.save_state(failed_proposals=int(self.state.get("failed_proposals") or 0) + 1,
+                        proposal_cost_usd=self.spent_outside_rows + usd)
+        return self.spent_outside_rows
+
+    def total_cost(self) -> float:
+        """Every dollar of the run: the rows' and run.json's."""
+        return sum(float(row.cost_usd or 0) for row in self.rows()) + self.spent_outside_rows
+
+    # -- the records against untrusted code ---------------------------------------------------
+
+    def remember(self) -> None:
+        """Keep the records' bytes as written here (a training runs as the same user)."""
+        for path in (self.path, self.state_path, self.numbers_path):
+            self._written[path] = read_bytes(path)
+
+    def restore(self) -> list[str]:
+        """Put back any record changed since this process last wrote it; the names of those."""
+        return [path.name for path, data in self._written.items() if restore_bytes(path, data)]
 
     # -- the counter -----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ it on another GPU. A crash that the probe does not confirm is the training's own
 
 import os
 import subprocess
+from contextlib import contextmanager
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from autoresearch.errors import AutoresearchError
 from autoresearch.trainers import Handle, LocalTrainer, TrainJob, TrainOutput, cancelled_output, lost_output
 
 PROBE_TIMEOUT = 120.0
@@ -38,6 +40,11 @@ class _LocalSlot:
     trainer: LocalTrainer
     running: Handle | None = None
     gone: str = ""  # why the worker was taken out ("" while it is in)
+    held: bool = False  # reserved for the loop's own work on its GPU (an audit): no training starts
+
+    @property
+    def idle(self) -> bool:
+        return self.running is None and not self.gone and not self.held
 
 
 def probe_gpu(gpu: str, env: dict, probe: Sequence[str] | None = None) -> bool:
@@ -54,11 +61,9 @@ class LocalTrainerPool:
     """One worker per entry of `gpus` (a GPU index, or None for no pinning)."""
 
     def __init__(self, gpus: Sequence[str | None], scratch_root: Path, base_env: dict | None = None,
-                 wrap: Callable | None = None, probe: Sequence[str] | None = None,
-                 on_gone: Callable[[str], None] | None = None):
+                 wrap: Callable | None = None, probe: Sequence[str] | None = None):
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.probe = list(probe) if probe is not None else None  # None: GPU_PROBE
-        self.on_gone = on_gone or (lambda line: None)
         self.scratch_root = Path(scratch_root)
         self.slots = []
         for i, gpu in enumerate(gpus):
@@ -79,7 +84,7 @@ class LocalTrainerPool:
     @property
     def free(self) -> int:
         with self._changed:
-            return max(0, sum(s.running is None and not s.gone for s in self.slots) - len(self.queue))
+            return max(0, sum(s.idle for s in self.slots) - len(self.queue))
 
     def submit(self, job: TrainJob) -> Handle:
         with self._changed:
@@ -144,13 +149,33 @@ class LocalTrainerPool:
         for handle in self.pending():
             self.cancel(handle)
 
+    @contextmanager
+    def reserve(self, prefer: str | None = None):
+        """Hold an idle worker (`prefer`'s GPU if it is idle) for work of the loop's own, so that
+        no training shares its GPU meanwhile; waits for one. Yields its GPU (None: no pinning)."""
+        with self._changed:
+            while not any(s.idle for s in self.slots) and any(not s.gone for s in self.slots):
+                self._changed.wait()
+            idle = [s for s in self.slots if s.idle]
+            slot = next((s for s in idle if s.trainer.gpu == prefer), idle[0] if idle else None)
+            if slot is not None:
+                slot.held = True
+        try:
+            yield slot.trainer.gpu if slot is not None else prefer
+        finally:
+            if slot is not None:
+                with self._changed:
+                    slot.held = False
+                    self._dispatch()
+                    self._changed.notify_all()
+
     # -- threads ---------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:  # with self._changed held
         for slot in self.slots:
             if not self.queue:
                 return
-            if slot.running is None and not slot.gone:
+            if slot.idle:
                 handle = self.queue.pop(0)
                 handle.slot, slot.running = slot, handle
                 threading.Thread(target=self._run, args=(slot, handle), daemon=True,
@@ -163,7 +188,6 @@ class LocalTrainerPool:
             status = output.result.status
             if status in ("crash", "timeout") and gpu is not None and not probe_gpu(gpu, self.base_env, self.probe):
                 slot.gone = f"GPU {gpu} does not answer after a {status}; the worker is out of the pool"
-                self.on_gone(f"worker {slot.trainer.worker_id}: {slot.gone}")
                 output = lost_output(slot.trainer.worker_id, slot.gone, output.log)
         except BaseException as exc:  # a bug in the worker code: the coordinator raises it
             output = None
@@ -174,3 +198,21 @@ class LocalTrainerPool:
             slot.running = None
             self._dispatch()
             self._changed.notify_all()
+
+
+def local_gpus(text: str | None) -> list[str]:
+    """--gpus as a list of indices; "all" asks nvidia-smi."""
+    from autoresearch.config import parse_gpus
+
+    gpus = parse_gpus(text) if text else []
+    if gpus is not None:
+        return gpus
+    try:
+        done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        raise AutoresearchError("--gpus all: nvidia-smi is not available here; name the GPUs (--gpus 0,1) "
+                                "or use --workers N") from None
+    found = [line for line in done.stdout.splitlines() if line.startswith("GPU ")]
+    if done.returncode != 0 or not found:
+        raise AutoresearchError("--gpus all: nvidia-smi -L lists no GPU")
+    return [str(i) for i in range(len(found))]

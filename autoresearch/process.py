@@ -30,6 +30,9 @@ from typing import Iterable, Mapping, Sequence
 import psutil
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+# Set to the folder a proposer's process works in (inherited by what it starts), so a resumed
+# harness can stop an agent that a `kill -9` of the previous one left running.
+AGENT_MARKER = "AUTORESEARCH_AGENT_WORKTREE"
 REAPER = Path(__file__).with_name("reaper.py")
 
 

@@ -18,6 +18,7 @@ is imported only here, when a pool is made.
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +196,11 @@ class RayTrainerPool:
     def workers(self, timeout: float = 60.0) -> list[dict]:
         """Each actor's pid, node id, scratch folder, worker name and GPU (waits for pending actors)."""
         return self.ray.get([s.info_ref for s in self.slots], timeout=timeout)
+
+    @contextmanager
+    def reserve(self, prefer: str | None = None):
+        """The loop's own work (an audit) runs on the head node, not on a worker's GPU."""
+        yield None
 
     def close(self) -> None:
         """Cancel what runs, kill the actors, shut Ray down if this pool started it."""

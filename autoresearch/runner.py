@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from autoresearch.config import LAB_VARIABLES
+from autoresearch.lab import LAB_VARIABLES
 from autoresearch.process import KILL_GRACE, Supervised, describe_exit
 from autoresearch.summary import diverged, parse_summary
 
@@ -182,3 +182,15 @@ def crash_reason(text: str, returncode: int) -> str:
     line = last_exception(text)
     reason = f"exit {returncode}: {line}" if line else f"exit {returncode}"
     return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def compile_cache_dirs(env: dict[str, str]) -> dict[str, str]:
+    """torch.compile's caches under the lab's cache root, kept across experiments: most of a
+    candidate's graphs are the best's, so Inductor and Triton reuse their compiled kernels
+    instead of paying the compile again every 5 minutes. Created here (the training may not
+    be able to create folders: a sandbox)."""
+    root = Path(env.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch").expanduser() / "compile"
+    dirs = {"TORCHINDUCTOR_CACHE_DIR": root / "inductor", "TRITON_CACHE_DIR": root / "triton"}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {name: str(folder) for name, folder in dirs.items()}

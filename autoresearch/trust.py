@@ -1,6 +1,6 @@
-"""Trusting the number (issue 9), as the loop uses it: sandbox, held-out watch, cache guard, audit.
+"""Trusting the number, as the loop uses it: sandbox, held-out watch, cache guard, audit.
 
-    trust = Trust.open(config, prepare_py, env, note)   # once per session (Session.start)
+    trust = Trust.open(config, prepare_py, env, note)   # once per run (loop.Run.start)
     argv = trust.command(argv, worktree, run_dir)       # training inside bubblewrap, when on
     trust.before_run(model_path)                        # no stale model; the held-out watch on
     reasons, stop = trust.after_run()                   # held-out reads, cache changes (quick)
@@ -26,8 +26,8 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.heldout_watch import HeldoutWatch
 from autoresearch.sandbox import Sandbox
 
-AUDIT_CHOICES = ("on", "off")
-SANDBOX_CHOICES = ("on", "off", "auto")
+AUDIT_CHOICES = ("on", "off")  # --audit
+SANDBOX_CHOICES = ("on", "off", "auto")  # --sandbox
 HANDOFF_ENV = "AUTORESEARCH_HANDOFF"  # prepare.HANDOFF_ENV: where train.py's handoff_model saves
 
 _PROBE = """\

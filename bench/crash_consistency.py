@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from invariants import UserCheckout, check_invariants, check_rows  # noqa: E402
 from reliability import Harness, make_user_lab, read_json, secret_env  # noqa: E402
 
-from autoresearch.results import ResultsFile  # noqa: E402
+from autoresearch.records import ResultsFile  # noqa: E402
 
 PRINTED_ROW = re.compile(r"^\[(\d{4})\] (keep|discard|crash)\b", re.M)
 
@@ -153,7 +153,7 @@ def crash_points(lab: Path, user: UserCheckout, points: int, seed: int = 0, wind
             printed[int(exp)] = status
         locks = [p for p in _git_locks(lab) if p.exists()]
         stats.git_locks += bool(locks)
-        training = read_json(lab / "results/t/training.json")
+        training = next((read_json(p) for p in sorted((lab / ".autoresearch/workers/t").glob("*/*/training.json"))), None)
         orphans = _agents(lab)  # an agent the kill left running, and its children
         if training and _alive(training.get("pid"), training.get("create_time")):
             orphans.append((training["pid"], training.get("create_time")))

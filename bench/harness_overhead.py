@@ -28,6 +28,7 @@ import git
 from autoresearch.live import View
 from autoresearch.loop import RunConfig, run
 from autoresearch.proposers import Proposal
+from autoresearch.proposers.base import Proposer
 
 TRAIN_PY = '''\
 VAL = 1.000000  # reported as val_bpb
@@ -43,7 +44,7 @@ MAP = {"context": "context", "proposing": "propose", "committing": "commit", "tr
        "checking": "check", "logging": "log"}
 
 
-class InstantProposer:
+class InstantProposer(Proposer):
     name = "instant"
     can_fix = False
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from standin import GITIGNORE, PREPARE_PY, PROGRAM_MD, TRAIN_PY, set_constants  # noqa: E402
 
-from autoresearch.results import ResultsFile  # noqa: E402
+from autoresearch.records import ResultsFile  # noqa: E402
 
 AGENT = ROOT / "tests" / "standin_agent.py"
 TAG = "scale"

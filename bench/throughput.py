@@ -31,7 +31,7 @@ from autoresearch.loop import RunConfig, run
 from autoresearch.live import View
 from autoresearch.proposers import get_proposer
 from autoresearch.proposers.base import ProposerOptions
-from autoresearch.results import ResultsFile
+from autoresearch.records import ResultsFile
 
 KNOBS = 12
 TRAIN_PY = '''\

@@ -27,7 +27,7 @@ from pathlib import Path
 import git
 import psutil
 
-from autoresearch.results import COLUMNS, HEADER, ResultsFile, Row, RunState
+from autoresearch.records import COLUMNS, HEADER, ResultsFile, Row, RunState
 
 # Set in the harness's environment by the tests; none may reach results/ or the training process.
 SECRETS = {
@@ -237,7 +237,8 @@ def check_invariants(root: Path, tag: str = "t", user: UserCheckout | None = Non
     assert not left, f"processes left running: {[(p.pid, p.cmdline()) for p in left]}"
     state = RunState.load(paths(root, tag)["state"])
     assert RunState.effective_state(state) in ("done", "stopped"), state.get("state")
-    assert not paths(root, tag)["training"].exists(), "training.json left behind"
+    left_files = list((Path(root) / ".autoresearch" / "workers" / tag).glob("*/*/training.json"))
+    assert not paths(root, tag)["training"].exists() and not left_files, "training.json left behind"
     return got
 
 

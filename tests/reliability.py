@@ -144,6 +144,20 @@ def read_json(path: Path):
         return None
 
 
+def training_files(root: Path, tag: str = "t") -> list[Path]:
+    """The pid files of the trainings the run's local workers run now."""
+    return sorted((Path(root) / ".autoresearch" / "workers" / tag).glob("*/*/training.json"))
+
+
+def training_json(root: Path, tag: str = "t"):
+    """The first running training's pid file, as a dict (None while nothing trains)."""
+    for path in training_files(root, tag):
+        found = read_json(path)
+        if found:
+            return found
+    return None
+
+
 # ---------------------------------------------------------------------------
 # A git that pauses on demand
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import git
 
-from autoresearch.proposers import Proposal, ProposerError, Usage
+from autoresearch.proposers import Proposal, Proposer, ProposerError, Usage
 
 TRAIN_PY = '''\
 """Stand-in train.py: prints a summary whose val_bpb is VAL, or misbehaves as MODE says."""
@@ -97,7 +97,7 @@ def set_constants(train_py: str, **values) -> str:
     return train_py
 
 
-class ScriptedProposer:
+class ScriptedProposer(Proposer):
     """Plays a queue of steps: a dict of constants to set, an Exception to raise, or a callable
     (ctx -> Proposal). Remembers every Context it was given."""
 

@@ -14,7 +14,7 @@ import pytest
 from autoresearch.ab import parse_arm, parse_arms
 from autoresearch.errors import AutoresearchError
 from autoresearch.ledger import group
-from autoresearch.results import ResultsFile, RunState
+from autoresearch.records import ResultsFile, RunState
 from standin import make_lab
 
 TESTS = Path(__file__).resolve().parent

@@ -13,8 +13,9 @@ import psutil
 import pytest
 
 from autoresearch.ledger import Ledger
-from autoresearch.results import ResultsFile, RunState
-from standin import make_lab
+from autoresearch.records import ResultsFile, RunState
+from reliability import training_files, training_json
+from standin import make_lab, set_constants
 
 TESTS = Path(__file__).resolve().parent
 AGENT = f"{sys.executable} {TESTS / 'standin_agent.py'}"
@@ -122,7 +123,7 @@ def test_a_new_tag_whose_branch_exists_is_refused_with_a_hint(lab, tmp_repo):
 def test_ctrl_c_during_training_kills_it_leaves_the_best_commit_and_resume_works(lab, tmp_path):
     env = agent_env(tmp_path, [{"VAL": 0.99}], STANDIN_SLEEP="120")
     proc = start(lab, ["--proposer", "command", "--command", AGENT, "--max-experiments", "2"], env)
-    training = wait_for(lambda: _read_json(lab / "results/t/training.json"))
+    training = wait_for(lambda: training_json(lab))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
 
@@ -130,7 +131,7 @@ def test_ctrl_c_during_training_kills_it_leaves_the_best_commit_and_resume_works
     assert out.splitlines()[-1] == "stopped; resume with: autoresearch run --tag t --resume"
     assert not _alive(training["pid"])
     assert RunState.load(lab / "results/t/run.json")["state"] == "stopped"
-    assert rows(lab) == [] and not (lab / "results/t/training.json").exists()
+    assert rows(lab) == [] and not training_files(lab)
     assert_clean_at_best(lab)
 
     env["STANDIN_SLEEP"] = "0"
@@ -148,7 +149,7 @@ def test_after_kill_9_during_training_resume_stops_the_orphan_and_loses_nothing(
     assert first.returncode == 0, first.stderr
     env["STANDIN_SLEEP"] = "120"
     proc = start(lab, ["--proposer", "command", "--command", AGENT, "--max-experiments", "3"], env)
-    training = wait_for(lambda: _read_json(lab / "results/t/training.json"))
+    training = wait_for(lambda: training_json(lab))
     proc.kill()
     proc.communicate(timeout=30)
     assert _alive(training["pid"])  # orphaned: it lives in its own session
@@ -244,3 +245,25 @@ def checkout_files(root: Path) -> dict:
         p: p.read_bytes() for p in root.rglob("*")
         if p.is_file() and p.relative_to(root).parts[0] not in (".git", "results", ".autoresearch")
     }
+
+
+def test_no_worker_flag_and_workers_1_are_one_loop_and_write_the_same_rows(lab, tmp_repo):
+    """The sequential run is the multi-worker loop with a pool of one: the same seeded lab and
+    hparam proposer give the same rows with and without --workers 1 (timings aside)."""
+    jitter = {42: 0.0, 43: 0.004, 44: -0.003, 45: 0.002, 46: -0.001}
+    (lab / "train.py").write_text(set_constants((lab / "train.py").read_text(), JITTER=jitter))
+    tmp_repo.index.add(["train.py"])
+    tmp_repo.index.commit("a noisy stand-in")
+    fields = ("experiment", "status", "role", "trial", "seed", "description", "hypothesis", "val_bpb",
+              "mean_val_bpb", "delta", "sigma", "reason", "speculation")
+    got = {}
+    for tag, extra in (("one", []), ("w1", ["--workers", "1"])):
+        args = [a if a != "t" else tag for a in command("--proposer", "hparam", "--seed", "3", "--max-experiments", "6",
+                                                         "--keep-rule", "noise", "--baseline-repeats", "2", *extra)]
+        done = subprocess.run(args, cwd=lab, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        got[tag] = [tuple(getattr(r, f) for f in fields)
+                    for r in ResultsFile(lab / f"results/{tag}/results.tsv").rows()]
+        got[tag] += sorted(p.read_text() for p in (lab / f"results/{tag}/runs").glob("*/diff.patch"))
+    assert len(got["one"]) >= 7 + 6 and {row[1] for row in got["one"][:7]} >= {"keep", "trial"}
+    assert got["one"] == got["w1"]

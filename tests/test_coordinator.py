@@ -11,10 +11,11 @@ import pytest
 
 from autoresearch.loop import RunConfig, run
 from autoresearch.proposers import Proposal, Usage
-from autoresearch.results import ResultsFile
+from autoresearch.records import ResultsFile
 from standin import TRAIN_PY, ScriptedProposer, make_lab, set_constants
 from test_faults_trust import cache, real_lab  # noqa: F401  (fixtures)
 from test_loop import RecordingView
+from autoresearch.proposers.base import Proposer
 
 # A stand-in whose value has two independent knobs on lines far apart (A at the top, B at the
 # bottom), so two ideas made on the same base merge; B also makes the run slower.
@@ -71,7 +72,7 @@ def check_record(root: Path, outcome) -> list:
     return got
 
 
-class Concurrency:
+class Concurrency(Proposer):
     """A proposer wrapper that counts how many asks are in flight at once."""
 
     def __init__(self, inner, seconds: float = 0.0, speculative: bool = False):
@@ -288,7 +289,7 @@ def test_max_hours_stops_every_launch_and_records_what_was_training(lab):
 
 
 def test_gpus_all_without_nvidia_smi_is_a_one_line_error(monkeypatch, tmp_path):
-    from autoresearch.coordinator import local_gpus
+    from autoresearch.local_pool import local_gpus
     from autoresearch.errors import AutoresearchError
 
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -11,7 +11,7 @@ import git
 import psutil
 import pytest
 
-from autoresearch.results import ResultsFile, RunState
+from autoresearch.records import ResultsFile, RunState
 from invariants import UserCheckout
 from reliability import Harness, make_user_lab, read_json, secret_env, wait_for
 

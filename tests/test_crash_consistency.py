@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from invariants import SECRETS, UserCheckout, check_invariants
-from reliability import Harness, make_user_lab, read_json, secret_env, wait_for
+from reliability import Harness, make_user_lab, read_json, secret_env, wait_for, training_files, training_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from crash_consistency import crash_points  # noqa: E402
@@ -70,7 +70,7 @@ def test_kill_9_during_real_cpu_training_then_resume(tmp_path, lab_cache):
     args = ["--proposer", "hparam", "--max-experiments", "2"]
     # --timeout 60 (the helper's default) leaves room for a slow CPU; --time-budget 5.
     first = Harness(clone, args, env, tmp_path / "out", "first")
-    training = wait_for(lambda: read_json(clone / "results/t/training.json"), 300, "the baseline training")
+    training = wait_for(lambda: training_json(clone), 300, "the baseline training")
     wait_for(lambda: "step" in (clone / "results/t/runs/0000/run.log").read_text(errors="replace"), 300,
              "the first training step")
     first.signal(signal.SIGKILL)

@@ -16,11 +16,12 @@ from fake_llm_server import FakeLLMServer, reply, slow, status
 
 from autoresearch.loop import RunConfig, run
 from autoresearch.proposers import ProposerOptions, get_proposer
-from autoresearch.results import RunState
+from autoresearch.records import RunState
 from invariants import SECRETS, check_invariants
 from reliability import LAB_TRAIN_PY, make_user_lab
 from standin import set_constants
 from test_loop import RecordingView
+from autoresearch.proposers.base import Proposer
 
 VAL_LINE = "VAL = 1.000000  # the val_bpb this run reports"
 
@@ -106,7 +107,7 @@ def test_timeout_refused_connection_and_errors_are_failed_proposals_then_the_loo
     refused = llm(backend, "http://127.0.0.1:9", api_retries=0)
     calls = iter([refused, proposer, proposer, proposer, proposer])
 
-    class Switching:  # first call to a closed port, then the fake server
+    class Switching(Proposer):  # first call to a closed port, then the fake server
         name, can_fix = backend, True
 
         def propose(self, ctx):

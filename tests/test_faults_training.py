@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from autoresearch.loop import RunConfig, run
-from autoresearch.results import COLUMNS
+from autoresearch.records import COLUMNS
 from invariants import SECRETS, check_invariants
 from reliability import make_user_lab, replace_with
 from standin import ScriptedProposer

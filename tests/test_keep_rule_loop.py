@@ -11,7 +11,7 @@ import pytest
 from autoresearch.analysis import read_results, summarize
 from autoresearch.config import RunConfig
 from autoresearch.loop import run
-from autoresearch.results import ResultsFile, RunState
+from autoresearch.records import ResultsFile, RunState
 from invariants import check_invariants
 from reliability import Harness, make_user_lab, read_json, secret_env, wait_for
 from standin import ScriptedProposer, make_lab, set_constants

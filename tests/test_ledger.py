@@ -9,7 +9,7 @@ import pytest
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.ledger import Ledger
-from autoresearch.results import COLUMNS, HEADER, Row
+from autoresearch.records import COLUMNS, HEADER, Row
 from conftest import REPO_ROOT
 
 

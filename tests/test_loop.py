@@ -2,6 +2,7 @@
 an in-process scripted proposer."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from autoresearch.live import Standing, View, ViewState, render, row_line
 from autoresearch.lab import lab_contract, lab_time_budget
 from autoresearch.loop import RunConfig, run
 from autoresearch.proposers import Proposal, ProposerError, Usage
-from autoresearch.results import COLUMNS, ResultsFile, RunLock, RunState
+from autoresearch.records import COLUMNS, ResultsFile, RunLock, RunState
 from standin import PREPARE_PY, ScriptedProposer, make_lab, set_constants
 
 
@@ -148,7 +149,9 @@ def test_each_context_is_fresh_with_history_contract_and_best_train_py(lab):
     assert "TIME_BUDGET = 5  # seconds of training" in first.lab_contract
     assert "def evaluate_bpb" in first.lab_contract
     assert (first.experiment, second.experiment, first.profile) == (1, 2, "cpu")
-    assert first.feedback is None and first.workdir == lab / ".autoresearch" / "worktrees" / "t"
+    # Every ask runs in a scratch worktree of the best commit, never in the run's worktree.
+    assert first.feedback is None and first.workdir.parent == lab / ".autoresearch" / "scratch" / "t"
+    assert not first.workdir.exists()  # removed once the ask was taken
 
 
 def test_equal_val_bpb_is_discarded_by_both_rules(lab):
@@ -212,9 +215,9 @@ def test_a_crash_is_shown_to_the_proposer_with_the_log_tail_and_a_fix_can_keep(l
     assert "+VAL = 0.95" in diff and "MODE = 'crash'" not in diff  # the net change from the parent
     attempts = json.loads((folder / "proposal.json").read_text())["attempts"]
     assert [a["fix"] for a in attempts] == [0, 1] and attempts[1]["feedback"] == feedback
-    # The kept commit sits on top of the crashed one.
+    # The fix is committed on the best the idea was built on: the branch holds kept commits only.
     log = branch_log(lab)
-    assert log[0] == f"{got.commit} fix the crash" and log[1].endswith(" set MODE crash") and len(log) == 3
+    assert log[0] == f"{got.commit} fix the crash" and not log[1].endswith(" set MODE crash") and len(log) == 2
     assert ("fixing" in {name for _, name in view.phases})
 
 
@@ -333,13 +336,15 @@ def test_proposer_failures_are_not_rows_and_too_many_in_a_row_pause_the_run(lab)
     assert [f["error"] for f in record["failures"]] == [f"bad reply {i}" for i in range(5)]
 
 
-def test_pauses_grow_up_to_the_limit(lab, monkeypatch):
-    slept = []
-    monkeypatch.setattr("autoresearch.loop.pause_sleep", slept.append)
+def test_pauses_grow_up_to_the_limit(lab):
     proposer = ScriptedProposer([ProposerError("down")] * 4 + [{"VAL": 0.99}])
-    cfg = config(lab, max_experiments=2, max_consecutive_proposer_failures=1, pause_seconds=10, pause_max_seconds=30)
-    run(cfg, proposer=proposer, view=RecordingView())
-    assert slept == [10, 20, 30, 30]
+    cfg = config(lab, max_experiments=2, max_consecutive_proposer_failures=1, pause_seconds=0.1,
+                 pause_max_seconds=0.3)
+    view = RecordingView()
+    run(cfg, proposer=proposer, view=view)
+    pauses = [re.search(r"asking again in ([0-9.]+) s", n).group(1) for n in view.notes if "paused" in n]
+    assert pauses == ["0.1", "0.2", "0.3", "0.3"]
+    assert [r.description for r in rows(lab)] == ["baseline", "set VAL 0.99"]
 
 
 def test_a_proposal_that_touches_another_file_is_rejected_and_undone(lab):
@@ -459,7 +464,7 @@ def test_an_interrupt_while_proposing_stops_cleanly_and_resume_works(lab):
         pass
 
     run(config(lab, max_experiments=3, resume=True), proposer=ScriptedProposer([{"VAL": 0.98}]), view=RecordingView())
-    assert [r.experiment for r in rows(lab)] == [0, 1, 2]
+    assert [r.experiment for r in rows(lab)] == [0, 1, 3]  # number 2 was handed out to the interrupted ask
 
 
 def test_a_tag_whose_branch_exists_but_was_not_started_here_is_refused(lab, tmp_repo):

@@ -198,7 +198,7 @@ def test_a_fix_request_is_refused_and_nothing_is_asked(tmp_path):
 
 def test_the_real_loop_tells_every_row_to_the_study_and_a_resume_continues_it(tmp_repo):
     from autoresearch.loop import RunConfig, run
-    from autoresearch.results import ResultsFile
+    from autoresearch.records import ResultsFile
     from standin import make_lab
 
     lab = make_lab(tmp_repo)  # stand-in train.py: VAL (a float) is the val_bpb it reports

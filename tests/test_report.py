@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoresearch import analysis, plot, report
-from autoresearch.results import COLUMNS, ResultsFile, Row
+from autoresearch.records import COLUMNS, ResultsFile, Row
 from autoresearch.cli import app
 from autoresearch.errors import AutoresearchError
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.results import COLUMNS, ResultsFile, Row, RunLock, RunState, utc_now
+from autoresearch.records import COLUMNS, ResultsFile, Row, RunLock, RunState, utc_now
 
 
 def keep_row(experiment: int, **kw) -> Row:
@@ -197,7 +197,7 @@ def test_utc_now_format():
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from autoresearch.results import RunLock
+from autoresearch.records import RunLock
 lock = RunLock(Path(sys.argv[1]))
 lock.acquire()
 print("held", flush=True)

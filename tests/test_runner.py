@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch.results import RunLock
+from autoresearch.records import RunLock
 from autoresearch.process import kill_orphan
 from autoresearch.runner import (
     MARKER,
@@ -301,7 +301,7 @@ def test_training_env_strips_credentials_and_the_child_does_not_see_them(tmp_pat
 HARNESS = """
 import os, sys
 from pathlib import Path
-from autoresearch.results import RunLock
+from autoresearch.records import RunLock
 from autoresearch.runner import run_training, training_env
 folder = Path(sys.argv[1])
 RunLock(folder.parent / "run.lock").acquire()

@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch.results import ResultsFile, RunState
+from autoresearch.records import ResultsFile, RunState
 from invariants import check_invariants
-from reliability import TESTS, Harness, fake_git, make_user_lab, read_json, secret_env, wait_for
+from reliability import TESTS, Harness, fake_git, make_user_lab, read_json, secret_env, wait_for, training_files, training_json
 
 AGENT = f"{sys.executable} {TESTS / 'standin_agent.py'}"
 STOPPED = "stopped; resume with: autoresearch run --tag t --resume"
@@ -89,7 +89,7 @@ def reach(phase: str, lab: Path, tmp_path: Path):
     wait = {
         "proposing": lambda: (tmp_path / "script.json.pid").exists() and "[0001] proposing" in harness.stdout(),
         "committing": lambda: (gitdir / "paused").exists(),
-        "training": lambda: "[0001] training" in harness.stdout() and read_json(lab / "results/t/training.json"),
+        "training": lambda: "[0001] training" in harness.stdout() and training_json(lab),
         "logging": lambda: (gitdir / "paused").exists(),
         "paused": lambda: "paused: the proposer failed 5 times in a row" in harness.stdout(),
     }[phase]
@@ -105,7 +105,7 @@ PHASES = ["proposing", "committing", "training", "logging", "paused"]
 def test_a_stop_signal_in_any_phase_stops_cleanly_and_the_run_resumes(user_lab, tmp_path, phase, sig):
     lab, user = user_lab
     harness = reach(phase, lab, tmp_path)
-    training = read_json(lab / "results/t/training.json")
+    training = training_json(lab)
     agent = int((tmp_path / "script.json.pid").read_text()) if phase == "proposing" else None
     try:
         harness.signal(signal.Signals[sig], group=sig == "SIGINT")
@@ -132,14 +132,14 @@ def test_a_stop_signal_in_any_phase_stops_cleanly_and_the_run_resumes(user_lab, 
 def test_kill_9_during_training_leaves_an_orphan_that_resume_stops_before_training_again(user_lab, tmp_path):
     lab, user = user_lab
     harness = reach("training", lab, tmp_path)
-    orphan = read_json(lab / "results/t/training.json")
+    orphan = training_json(lab)
     harness.signal(signal.SIGKILL)  # the harness only: its training lives on
     harness.wait(30)
     assert alive(orphan["pid"])
 
     again = start(lab, tmp_path, [{"SLEEP": 3.0, "VAL": 0.9}], name="resume")
     # When the resumed harness starts training, the orphan must already be gone.
-    new = wait_for(lambda: (t := read_json(lab / "results/t/training.json")) and t["pid"] != orphan["pid"] and t,
+    new = wait_for(lambda: (t := training_json(lab)) and t["pid"] != orphan["pid"] and t,
                    what="the resumed run's training")
     assert not alive(orphan["pid"]), "the orphan was still training when the resumed run started training"
     assert new["marker"] != orphan["marker"]
@@ -155,7 +155,7 @@ def test_a_second_harness_on_the_same_tag_is_refused_while_the_first_runs(user_l
         assert second.wait(60) == 1
         assert second.stderr() == f"error: run 't' is already running (pid {first.pid})\n"
         assert first.proc.poll() is None  # the first one goes on undisturbed
-        assert read_json(lab / "results/t/training.json")
+        assert training_json(lab)
     finally:
         first.signal(signal.SIGINT, group=True)
         assert first.wait(60) == 130

@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from autoresearch.loop import RunConfig, run
-from autoresearch.proposers import ProposerError
-from autoresearch.results import ResultsFile, RunState
-from autoresearch.scheduler import changed_ranges, overlaps, rebase_train_py, speculates
+from autoresearch.proposers import Proposer, ProposerError
+from autoresearch.records import ResultsFile, RunState
+from autoresearch.asking import changed_ranges, overlaps, rebase_train_py
 from invariants import check_invariants
 from reliability import Harness, wait_for
 from standin import TRAIN_PY, ScriptedProposer, make_lab, set_constants
@@ -146,7 +146,7 @@ def test_the_report_says_how_much_of_the_night_the_gpu_trained(lab):
     assert found and float(found.group(1)) == pytest.approx(100 * share, abs=0.06)
 
 
-class ByRole:
+class ByRole(Proposer):
     """Answers by what is asked, not in which order: a fix, a speculative ask (something is
     running), or a fresh ask; each a queue of constants to set."""
 

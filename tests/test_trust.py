@@ -11,7 +11,7 @@ from autoresearch.analysis import heldout_check
 from autoresearch.errors import AutoresearchError
 from autoresearch.ledger import Ledger
 from autoresearch.loop import RunConfig, run
-from autoresearch.results import Row
+from autoresearch.records import Row
 from standin import ScriptedProposer, make_lab
 from test_loop import RecordingView
 

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 
 @dataclass
@@ -78,10 +78,16 @@ class ProposerOptions:
     run_dir: Path | None = None  # results/<tag>/: where a proposer keeps state across resumes (optuna.db)
 
 
-class Proposer(Protocol):
-    name: str
+class Proposer:
+    """A backend: gets a Context, returns a Proposal (or raises ProposerError). What it can do
+    is declared here, on the class, and read by the loop as it is."""
 
-    def propose(self, ctx: Context) -> Proposal: ...
+    name: str = ""
+    can_fix: bool = False  # shown a crashed change's log, it can propose a fix
+    speculative: bool = False  # slow (an API call, an agent): worth asking while a training runs
+
+    def propose(self, ctx: Context) -> Proposal:
+        raise NotImplementedError
 
 
 # Backends add themselves here: name -> factory(ProposerOptions) -> Proposer.

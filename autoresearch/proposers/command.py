@@ -33,21 +33,19 @@ from pathlib import Path
 from autoresearch.edits import parse_reply
 from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.agent_usage import usage_from_output
-from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
+from autoresearch.proposers.base import REGISTRY, Context, Proposal, Proposer, ProposerError, ProposerOptions
 from autoresearch.proposers.pricing import PriceTable
 from autoresearch.proposers.prompt import build_agent_prompt
-from autoresearch.process import KILL_GRACE, Supervised, describe_exit
+from autoresearch.process import AGENT_MARKER, KILL_GRACE, Supervised, describe_exit
 
-# Set to the worktree in the agent's environment (inherited by what it starts), so a resumed
-# harness can stop an agent that a `kill -9` of the previous one left running.
-AGENT_MARKER = "AUTORESEARCH_AGENT_WORKTREE"
 TAIL_CHARS = 4000  # of the command's output, in errors
 RAW_CHARS = 20_000  # of the command's output, kept in proposal.json
 
 
-class CommandProposer:
+class CommandProposer(Proposer):
     name = "command"
     can_fix = True
+    speculative = True
 
     def __init__(self, options: ProposerOptions):
         if not options.command or not options.command.strip():

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from autoresearch.edits import EditBlock, EditError, apply_blocks, check_syntax
-from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
+from autoresearch.proposers.base import REGISTRY, Context, Proposal, Proposer, ProposerError, ProposerOptions
 
 FLOAT_FACTORS = (0.5, 0.7, 1.4, 2.0)
 ZERO_FLOAT_STEPS = (0.01, 0.05, 0.1)
@@ -233,7 +233,7 @@ def choose(params: list[Param], history: list[dict], rng: random.Random) -> tupl
 # ---------------------------------------------------------------------------
 
 
-class HparamProposer:
+class HparamProposer(Proposer):
     name = "hparam"
     can_fix = False
 

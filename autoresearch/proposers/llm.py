@@ -10,7 +10,7 @@ import os
 
 from autoresearch.edits import EditError, apply_reply
 from autoresearch.errors import AutoresearchError
-from autoresearch.proposers.base import Context, Proposal, ProposerError, ProposerOptions, Usage
+from autoresearch.proposers.base import Context, Proposal, Proposer, ProposerError, ProposerOptions, Usage
 from autoresearch.proposers.pricing import PriceTable
 from autoresearch.proposers.prompt import build_messages
 
@@ -29,11 +29,12 @@ def resolve_key(options: ProposerOptions, env_var: str, backend: str) -> str:
     raise AutoresearchError(f"the {backend} proposer needs an API key: set {env_var}")
 
 
-class ChatProposer:
+class ChatProposer(Proposer):
     """Base of the LLM backends; subclasses set `name` and implement `complete`."""
 
     name = "llm"
     can_fix = True
+    speculative = True
 
     def __init__(self, options: ProposerOptions, model: str, key: str = ""):
         self.options = options

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from autoresearch.edits import EditError, apply_blocks, check_syntax
 from autoresearch.errors import AutoresearchError
-from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
+from autoresearch.proposers.base import REGISTRY, Context, Proposal, Proposer, ProposerError, ProposerOptions
 from autoresearch.proposers.hparam import Candidate, Param, edit_for, find_params, source_literal
 
 SAMPLERS = ("tpe", "cmaes", "random")
@@ -139,7 +139,7 @@ def _r(x: float) -> float:
 # ---------------------------------------------------------------------------
 
 
-class OptunaProposer:
+class OptunaProposer(Proposer):
     name = "optuna"
     can_fix = False
 

@@ -10,7 +10,7 @@ import fcntl
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,50 +48,56 @@ def _int(raw: str) -> int:
 
 @dataclass(frozen=True)
 class Column:
+    """One column of results.tsv: its name, how its text parses, how it is written, and its
+    value on a Row that does not set it (REQUIRED: every Row names it)."""
+
     name: str
     parse: Callable[[str], object]  # results.tsv text -> value (raises ValueError)
     digits: int | None = None  # fixed decimals when written; None: str()
-    since: int = 1  # schema version that added it (docs/architecture.md)
+    default: object = None  # REQUIRED for the columns every row must name
 
 
+REQUIRED = object()
+
+# The one declaration of every column: Row's fields, the writer, the readers and the docs follow it.
 SCHEMA: tuple[Column, ...] = (
-    Column("commit", _text),
-    Column("val_bpb", _float, 6),  # this trial's measurement; 0.000000 for a crash (upstream)
-    Column("memory_gb", _float, 1),
-    Column("status", _text),  # keep | discard | crash decide an experiment; trial does not
-    Column("description", _text),
-    Column("experiment", _int),  # the same number on every trial of one experiment
-    Column("hypothesis", _text),
-    Column("proposer", _text),
-    Column("model", _text),
-    Column("reason", _text),
+    Column("commit", _text, default=REQUIRED),
+    Column("val_bpb", _float, 6, REQUIRED),  # this trial's measurement; 0.000000 for a crash (upstream)
+    Column("memory_gb", _float, 1, REQUIRED),
+    Column("status", _text, default=REQUIRED),  # keep | discard | crash decide an experiment; trial does not
+    Column("description", _text, default=REQUIRED),
+    Column("experiment", _int, default=REQUIRED),  # the same number on every trial of one experiment
+    Column("hypothesis", _text, default=""),
+    Column("proposer", _text, default=""),
+    Column("model", _text, default=""),
+    Column("reason", _text, default=""),
     Column("training_seconds", _opt_float, 1),
     Column("total_seconds", _opt_float, 1),
     Column("num_steps", _opt_int),
     Column("mfu_percent", _opt_float, 2),
-    Column("input_tokens", _int),
-    Column("output_tokens", _int),
-    Column("cost_usd", _float, 6),
-    Column("started_at", _text),
+    Column("input_tokens", _int, default=0),
+    Column("output_tokens", _int, default=0),
+    Column("cost_usd", _float, 6, 0.0),
+    Column("started_at", _text, default=""),
     Column("wall_seconds", _opt_float, 1),
-    Column("parent", _text),
-    # schema 2: trials (issue 8)
-    Column("role", _text, since=2),  # baseline | candidate | repeat | confirm | combine
-    Column("trial", _opt_int, since=2),  # 1, 2, ... within the experiment
-    Column("seed", _opt_int, since=2),  # AUTORESEARCH_SEED of this trial
-    Column("mean_val_bpb", _opt_float, 6, since=2),  # the experiment's mean, on its deciding row
-    Column("delta", _opt_float, 6, since=2),  # mean minus the best's mean it was judged against
-    Column("sigma", _opt_float, 6, since=2),  # the pooled noise estimate the verdict used
-    # schema 3: trusting the number (issue 9)
-    Column("audit", _text, since=3),  # pass | fail (a keep's audit); off (--audit off); "" not audited
-    Column("audit_val_bpb", _opt_float, 6, since=3),  # val_bpb recomputed by the base prepare.py
-    Column("heldout_bpb", _opt_float, 6, since=3),  # the held-out split's; never shown to the proposer
-    Column("audit_seconds", _opt_float, 1, since=3),  # what the audit cost
-    Column("sandbox", _text, since=3),  # bwrap | watch (unsandboxed, held-out watched) | none
-    # schema 4: scheduling (issues 10, 11)
-    Column("speculation", _text, since=4),  # fresh | used | rebased | discarded-asked-again | failed-asked-again; empty for trials not proposed
-    Column("run_seconds", _opt_float, 1, since=4),  # wall time of the training process (the GPU busy)
-    Column("gpu_idle_seconds", _opt_float, 1, since=4),  # the GPU idle before this trial started (since the last training ended)
+    Column("parent", _text, default=""),
+    # schema 2: trials
+    Column("role", _text, default=""),  # baseline | candidate | repeat | confirm | combine
+    Column("trial", _opt_int),  # 1, 2, ... within the experiment
+    Column("seed", _opt_int),  # AUTORESEARCH_SEED of this trial
+    Column("mean_val_bpb", _opt_float, 6),  # the experiment's mean, on its deciding row
+    Column("delta", _opt_float, 6),  # mean minus the best's mean it was judged against
+    Column("sigma", _opt_float, 6),  # the pooled noise estimate the verdict used
+    # schema 3: trusting the number
+    Column("audit", _text, default=""),  # pass | fail (a keep's audit); off (--audit off); "" not audited
+    Column("audit_val_bpb", _opt_float, 6),  # val_bpb recomputed by the base prepare.py
+    Column("heldout_bpb", _opt_float, 6),  # the held-out split's; never shown to the proposer
+    Column("audit_seconds", _opt_float, 1),  # what the audit cost
+    Column("sandbox", _text, default=""),  # bwrap | watch (unsandboxed, held-out watched) | none
+    # schema 4: scheduling
+    Column("speculation", _text, default=""),  # how the idea came: asking.SPECULATION_LABELS; empty for trials not proposed
+    Column("run_seconds", _opt_float, 1),  # wall time of the training process (the GPU busy)
+    Column("gpu_idle_seconds", _opt_float, 1),  # the GPU idle before this trial started (since the last training ended)
 )
 COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA)
 PARSERS: dict[str, Callable[[str], object]] = {c.name: c.parse for c in SCHEMA}
@@ -121,45 +127,7 @@ def _write(column: Column, value) -> str:
     return str(value)
 
 
-@dataclass
-class Row:
-    """One trial, one line of results.tsv; the fields are the columns, in order."""
-
-    commit: str
-    val_bpb: float
-    memory_gb: float
-    status: str  # keep | discard | crash | trial
-    description: str
-    experiment: int
-    hypothesis: str = ""
-    proposer: str = ""
-    model: str = ""
-    reason: str = ""
-    training_seconds: float | None = None
-    total_seconds: float | None = None
-    num_steps: int | None = None
-    mfu_percent: float | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    started_at: str = ""
-    wall_seconds: float | None = None
-    parent: str = ""
-    role: str = ""
-    trial: int | None = None
-    seed: int | None = None
-    mean_val_bpb: float | None = None
-    delta: float | None = None
-    sigma: float | None = None
-    audit: str = ""
-    audit_val_bpb: float | None = None
-    heldout_bpb: float | None = None
-    audit_seconds: float | None = None
-    sandbox: str = ""
-    speculation: str = ""
-    run_seconds: float | None = None
-    gpu_idle_seconds: float | None = None
-
+class _RowMethods:
     def to_fields(self) -> list[str]:
         """The row as results.tsv text fields (a crash reads 0.000000 / 0.0, like upstream)."""
         crash = self.status == "crash"
@@ -180,16 +148,25 @@ class Row:
         return self.status != "crash" and self.val_bpb > 0
 
     @classmethod
-    def from_fields(cls, values: dict[str, str]) -> "Row":
+    def from_fields(cls, values: dict[str, str]):
         """Parse one line's fields keyed by column name; missing columns take their defaults."""
         kwargs: dict = {}
         for f in fields(cls):
             if f.name in values:
                 kwargs[f.name] = PARSERS[f.name](values[f.name])
-        for required in ("commit", "val_bpb", "memory_gb", "status", "description"):
-            kwargs.setdefault(required, PARSERS[required](""))
-        kwargs.setdefault("experiment", 0)
+        for column in SCHEMA:
+            if column.default is REQUIRED:
+                kwargs.setdefault(column.name, column.parse(""))
         return cls(**kwargs)
+
+
+# One trial, one line of results.tsv: a dataclass whose fields are SCHEMA's columns, in order.
+Row = make_dataclass(
+    "Row",
+    [(c.name, object) if c.default is REQUIRED else (c.name, object, field(default=c.default)) for c in SCHEMA],
+    bases=(_RowMethods,),
+)
+Row.__doc__ = "One trial, one line of results.tsv; the fields are the columns (records.SCHEMA), in order."
 
 
 def _fsync_dir(folder: Path) -> None:
