@@ -154,8 +154,8 @@ def probe_attention(kernels, head_dim, seq_len, windows):
         full, reasons = "sdpa", reasons + [f"cudnn -> sdpa: {why}"]
     if windowed == "flex-flash" and short < seq_len - 1:  # one window tells: all share the kernel
         block, dense = window_mask(short, seq_len, windowed), window_mask(short, seq_len, "sdpa")
-        flash = torch.compile(lambda q, k, v: flex_attention(q, k, v, block_mask=block,
-                                                             kernel_options={"BACKEND": "FLASH"}))
+        compiled = torch.compile(flex_attention, dynamic=False)  # as the model compiles it: FLASH has no eager
+        flash = lambda q, k, v: compiled(q, k, v, block_mask=block, kernel_options={"BACKEND": "FLASH"})
         if why := attention_mismatch(flash, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
                                      shape):
             windowed, reasons = "flex", reasons + [f"flex-flash -> flex: {why}"]
