@@ -18,6 +18,7 @@ T_START = time.time()  # taken before importing torch so that startup_seconds in
 
 import contextlib
 import gc
+import importlib.util
 import math
 import os
 import re
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, PROFILE, Tokenizer, make_dataloader, evaluate_bpb, handoff_model
 
@@ -54,7 +56,7 @@ class GPTConfig:
     n_layer: int
     n_head: int
     n_embd: int
-    windows: tuple  # attention span per layer, in tokens (seq_len = full causal)
+    windows: tuple  # keys each query sees before itself, per layer (FA3's window_size[0]); seq_len = full causal
     softcap: float
     ve_gate_channels: int
 
@@ -74,13 +76,90 @@ def rotate(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def causal_attention(q, k, v, mask):
-    """mask None: full causal (SDPA picks flash); bool tensor: SDPA with it; else a flex BlockMask."""
+def choose_attention(device_type, capability, dtype, cudnn_version, flash_attn_4):
+    """(windowed, full): kernels for the sliding-window and the full-context layers, fastest first where
+    supported; start-up probes each fast one. flex-flash: FlexAttention on flash-attn-4 (FA3-class, sm90/sm100);
+    flex: its Triton kernels (Ampere+); cudnn: SDPA with cuDNN first (beats SDPA's FA2 on sm90/sm100)."""
+    if device_type != "cuda" or capability < (8, 0):
+        return "sdpa", "sdpa"
+    fast = dtype in (torch.bfloat16, torch.float16) and capability in ((9, 0), (10, 0))
+    # cuDNN 9.9 is where PyTorch first preferred it on these chips (later PyTorch waits for 9.15.1 over a bug
+    # with sequence lengths not a multiple of 128, which 2048 is); the probe checks the rest
+    cudnn_ok = (cudnn_version or 0) >= 90900
+    return "flex-flash" if fast and flash_attn_4 else "flex", "cudnn" if fast and cudnn_ok else "sdpa"
+
+
+def attention_name(kernels):
+    return "sdpa" if kernels == ("sdpa", "sdpa") else "+".join(kernels)
+
+
+def window_mask(window, seq_len, kind):
+    """Causal sliding window as FA3's window_size=(window, 0): query q sees keys q - window .. q."""
+    if kind == "sdpa":
+        pos = torch.arange(seq_len, device=DEVICE)
+        back = pos[:, None] - pos[None, :]
+        return (back >= 0) & (back <= window)
+
+    def sliding(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
+
+    return create_block_mask(sliding, None, None, seq_len, seq_len, device=DEVICE)
+
+
+def causal_attention(q, k, v, mask, kernels):
+    """mask None: full causal SDPA; a bool tensor: SDPA with it; else a flex BlockMask on `kernels`' backend."""
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if kernels[1] != "cudnn":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
+        with sdpa_kernel(order, set_priority=True):  # a priority: what cuDNN refuses still runs on flash
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if isinstance(mask, torch.Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return flex_attention(q, k, v, block_mask=mask)
+    options = {"BACKEND": "FLASH"} if kernels[0] == "flex-flash" else None  # None: Triton, on every torch
+    return flex_attention(q, k, v, block_mask=mask, kernel_options=options)
+
+
+def attention_mismatch(fast, reference, shape):
+    """Why `fast` cannot stand in for `reference` (it raised, or its output or input gradients on random
+    inputs differ by more than 16-bit rounding); "" when it can."""
+    gen = torch.Generator(device=DEVICE).manual_seed(0)  # its own generator: training's seed stays untouched
+    inputs = [torch.randn(shape, generator=gen, device=DEVICE, dtype=COMPUTE_DTYPE) for _ in range(4)]
+    results = []
+    for fn in (reference, fast):
+        q, k, v = (t.clone().requires_grad_() for t in inputs[:3])
+        try:
+            out = fn(q, k, v)
+            out.backward(inputs[3])
+        except Exception as error:  # whatever breaks a fast kernel, the fallback still trains
+            return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
+        results.append((out, q.grad, k.grad, v.grad))
+    errors = [((b.float() - a.float()).norm() / a.float().norm()).item() for a, b in zip(*results)]
+    ok = all(e < 0.03 for e in errors)  # also False for NaN
+    return "" if ok else "output, dq, dk, dv off by " + ", ".join(f"{e:.1%}" for e in errors)
+
+
+def probe_attention(kernels, head_dim, seq_len, windows):
+    """`kernels` with each fast choice that fails on this machine replaced by its fallback, and why."""
+    def causal_on(*backends):
+        def attend(q, k, v):
+            with sdpa_kernel(list(backends)):  # only these: a refusal must raise here, not fall back silently
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return attend
+
+    (windowed, full), shape, reasons, short = kernels, (1, 2, seq_len, head_dim), [], min(windows)
+    if full == "cudnn" and (why := attention_mismatch(causal_on(SDPBackend.CUDNN_ATTENTION), causal_on(
+            SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH), shape)):
+        full, reasons = "sdpa", reasons + [f"cudnn -> sdpa: {why}"]
+    if windowed == "flex-flash" and short < seq_len - 1:  # one window tells: all share the kernel
+        block, dense = window_mask(short, seq_len, windowed), window_mask(short, seq_len, "sdpa")
+        compiled = torch.compile(flex_attention, dynamic=False)  # as the model compiles it: FLASH has no eager
+        flash = lambda q, k, v: compiled(q, k, v, block_mask=block, kernel_options={"BACKEND": "FLASH"})
+        if why := attention_mismatch(flash, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
+                                     shape):
+            windowed, reasons = "flex", reasons + [f"flex-flash -> flex: {why}"]
+    return (windowed, full), reasons
 
 
 class Attention(nn.Module):
@@ -98,7 +177,7 @@ class Attention(nn.Module):
         if has_value_embed(layer, config.n_layer):
             self.ve_gate = nn.Linear(config.ve_gate_channels, config.n_head, bias=False)
 
-    def forward(self, x, ve, cos, sin, mask):
+    def forward(self, x, ve, cos, sin, mask, kernels):
         B, T, _ = x.shape
         heads = lambda t: t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         q, k, v = heads(self.c_q(x)), heads(self.c_k(x)), heads(self.c_v(x))
@@ -108,7 +187,7 @@ class Attention(nn.Module):
             v = v + gate.transpose(1, 2).unsqueeze(-1) * heads(ve)
         # QK-norm bounds the attention logits; RoPE after it (rotation keeps the norm anyway)
         q, k = rotate(norm(q), cos, sin), rotate(norm(k), cos, sin)
-        y = causal_attention(q.to(v.dtype), k.to(v.dtype), v, mask)
+        y = causal_attention(q.to(v.dtype), k.to(v.dtype), v, mask, kernels)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -128,8 +207,8 @@ class Block(nn.Module):
         self.attn = Attention(config, layer)
         self.mlp = MLP(config)
 
-    def forward(self, x, ve, cos, sin, mask):
-        x = x + self.attn(norm(x), ve, cos, sin, mask)
+    def forward(self, x, ve, cos, sin, mask, kernels):
+        x = x + self.attn(norm(x), ve, cos, sin, mask, kernels)
         return x + self.mlp(norm(x))
 
 
@@ -150,7 +229,7 @@ class GPT(nn.Module):
         angles = torch.outer(torch.arange(config.seq_len, dtype=torch.float32), freqs)
         self.register_buffer("cos", angles.cos().to(COMPUTE_DTYPE), persistent=False)
         self.register_buffer("sin", angles.sin().to(COMPUTE_DTYPE), persistent=False)
-        self.masks = [None] * L  # filled by build_masks()
+        self.kernels, self.masks = ("sdpa", "sdpa"), [None] * L  # set by set_attention()
 
     @torch.no_grad()
     def init_weights(self):
@@ -173,21 +252,11 @@ class GPT(nn.Module):
         self.wte.to(COMPUTE_DTYPE)
         self.value_embeds.to(COMPUTE_DTYPE)
 
-    def build_masks(self, use_flex):
-        """One attention mask per layer for the window it was given; None = plain causal."""
+    def set_attention(self, kernels):
+        """Attention kernels (see choose_attention) and their masks: one per distinct window, shared by its layers."""
         T = self.config.seq_len
-        for i, window in enumerate(self.config.windows):
-            if window >= T:
-                self.masks[i] = None
-            elif use_flex:
-                def sliding(b, h, q_idx, kv_idx, window=window):
-                    return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
-
-                self.masks[i] = create_block_mask(sliding, None, None, T, T, device=DEVICE)
-            else:
-                pos = torch.arange(T, device=DEVICE)
-                dist = pos[:, None] - pos[None, :]
-                self.masks[i] = (dist >= 0) & (dist < window)
+        masks = {w: window_mask(w, T, kernels[0]) for w in set(self.config.windows) if w < T - 1}
+        self.kernels, self.masks = tuple(kernels), [masks.get(w) for w in self.config.windows]
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -207,7 +276,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos, sin, self.masks[i])
+            x = block(x, ve, cos, sin, self.masks[i], self.kernels)
         logits = self.lm_head(norm(x)).float()
         cap = self.config.softcap
         logits = cap * torch.tanh(logits / cap)  # soft-cap keeps logits in (-cap, cap)
@@ -416,13 +485,18 @@ if DEVICE.type == "cuda":
         mfu_reference = f"{gpu_name} bf16 dense {peak_flops / 1e12:.0f} TFLOPS"
     else:
         mfu_reference = f"unknown GPU {gpu_name}: add its peak to GPU_PEAK_FLOPS (mfu reads 0)"
-    use_flex = torch.cuda.get_device_capability() >= (8, 0)  # flex kernels target Ampere and newer
+    capability = torch.cuda.get_device_capability()
+    try:  # flex's FLASH backend needs torch's lowering and flash-attn-4 (`pip install --pre flash-attn-4`)
+        flash_attn_4 = all(importlib.util.find_spec(m) for m in ("torch._inductor.kernel.flex.flex_flash_attention",
+                                                                   "flash_attn.cute"))
+    except Exception:  # a flash_attn that fails to import (an extension built for another torch) is none
+        flash_attn_4 = False
 else:
     DEVICE_NAME = "cpu"
     peak_flops = measure_cpu_peak_flops()
     dtype_name = str(COMPUTE_DTYPE).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
     mfu_reference = f"cpu {dtype_name} matmul {peak_flops / 1e9:.1f} GFLOPS ({torch.get_num_threads()} threads)"
-    use_flex = False
+    capability, flash_attn_4 = (0, 0), False
 amp = torch.autocast(DEVICE.type, dtype=COMPUTE_DTYPE) if COMPUTE_DTYPE != torch.float32 else contextlib.nullcontext()
 print(f"Device: {DEVICE_NAME} | profile {PROFILE} | compute dtype {COMPUTE_DTYPE} | MFU vs {mfu_reference}")
 
@@ -440,7 +514,10 @@ print(f"Model config: {asdict(config)}")
 with DEVICE:
     model = GPT(config)
 model.init_weights()
-model.build_masks(use_flex)
+kernels = choose_attention(DEVICE.type, capability, COMPUTE_DTYPE, torch.backends.cudnn.version(), flash_attn_4)
+kernels, fallbacks = probe_attention(kernels, HEAD_DIM, MAX_SEQ_LEN, windows)
+model.set_attention(kernels)
+print(f"Attention: {attention_name(kernels)}" + "".join(f" | {why}" for why in fallbacks))
 num_params = model.num_params()
 flops_per_token = model.flops_per_token()
 print(f"Parameters: {num_params:,} | FLOPs per token: {flops_per_token:.3e}")
@@ -584,9 +661,8 @@ eval_seconds = time.time() - t_eval
 t_end = time.time()
 # The harness re-evaluates this model with prepare.py's code (only when it sets AUTORESEARCH_HANDOFF).
 # torch.export cannot save flex BlockMasks (torch 2.13), so the handed-over model uses SDPA masks of
-# the same windows; the audit's number must still match val_bpb, so nothing can differ in between.
-if use_flex:
-    model.build_masks(use_flex=False)
+# the same windows and PyTorch's own kernel order; the audit's number must still match val_bpb.
+model.set_attention(("sdpa", "sdpa"))
 with amp:
     handoff_model(model, eval_batch)
 print(f"Eval: {eval_seconds:.1f}s for {EVAL_TOKENS:,} tokens")
@@ -616,6 +692,7 @@ summary = [
     ("profile", PROFILE),
     ("time_budget", f"{TIME_BUDGET:g}"),
     ("mfu_reference", mfu_reference),
+    ("attention", attention_name(kernels)),
 ]
 print("---")
 for key, value in summary:

@@ -88,7 +88,7 @@ def test_the_export_records_bf16_autocast_and_reproduces_the_eager_losses(monkey
     torch.manual_seed(0)
     model = ns["GPT"](config)
     model.init_weights()
-    model.build_masks(use_flex=False)
+    model.set_attention(("sdpa", "sdpa"))
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2 and not p.any():

@@ -48,7 +48,7 @@ def test_cpu_run_trains_evaluates_and_prints_every_summary_key_in_order(tmp_path
 
     block = done.stdout.split("\n---\n")[-1].splitlines()
     keys = [line.split(":", 1)[0] for line in block]
-    assert keys == [*SUMMARY_KEYS, "mfu_reference"]
+    assert keys == [*SUMMARY_KEYS, "mfu_reference", "attention"]
     assert all(re.fullmatch(r"[a-z_]+(_M)?: +\S.*", line) and len(line.split(":")[0]) + 1 <= 18 for line in block)
     assert block[0] == f"val_bpb:          {float(block[0].split()[1]):.6f}"  # upstream's alignment and 6 decimals
 
@@ -60,6 +60,7 @@ def test_cpu_run_trains_evaluates_and_prints_every_summary_key_in_order(tmp_path
     assert 0 < s["startup_seconds"] < s["total_seconds"] and s["total_seconds"] > s["training_seconds"]
     assert s["peak_vram_mb"] > 0 and s["num_params_M"] > 0 and s["mfu_percent"] > 0
     assert re.fullmatch(r"cpu fp32 matmul [\d.]+ GFLOPS .*", s["mfu_reference"])
+    assert s["attention"] == "sdpa" and "\nAttention: sdpa\n" in done.stdout  # the CPU's only kernels, said once
     # the loss printed on the progress lines went down from ~ln(2048) = 7.6
     losses = [float(m) for m in re.findall(r"^step \d+ .*?\| loss ([\d.]+)", done.stdout, flags=re.M)]
     assert losses and losses[0] > 7 and diverged(done.stdout) is None
@@ -132,10 +133,10 @@ def test_flex_block_masks_of_the_gpu_path_match_the_sdpa_masks_of_the_cpu_path()
                 p.normal_(0, 0.05)
     x, y = torch.randint(0, 256, (2, 64)), torch.randint(0, 256, (2, 64))
     with torch.no_grad():  # flex_attention has no backward on CPU (it does on CUDA)
-        model.build_masks(use_flex=False)
+        model.set_attention(("sdpa", "sdpa"))
         assert model.masks[-1] is None and model.masks[0].dtype == torch.bool
         sdpa = model(x, y, reduction="none")
-        model.build_masks(use_flex=True)
+        model.set_attention(("flex", "sdpa"))
         assert type(model.masks[0]).__name__ == "BlockMask"
         flex = model(x, y, reduction="none")
         assert torch.allclose(sdpa, flex, atol=1e-4)

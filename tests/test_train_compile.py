@@ -5,7 +5,8 @@ optimizer updates (`compiled_on_cuda`: fullgraph=True). Without a GPU in CI, a g
 dynamo error in that code would only show on the first H100 night; here the same code is compiled
 on the CPU, the model with fullgraph=True (stricter than train.py: any graph break fails), and
 trained for a few steps, then evaluated as evaluate_bpb calls it. FlexAttention stays CUDA-only
-(its backward has no CPU kernel): the windowed layers use SDPA with a boolean mask here.
+(its backward has no CPU kernel): the windowed layers use SDPA with a boolean mask here, and the
+full-context layer runs inside the `sdpa_kernel` priority that selects cuDNN on a GPU.
 """
 
 import math
@@ -43,7 +44,9 @@ def test_model_and_optimizer_compile_without_graph_breaks_and_train():
                              softcap=15.0, ve_gate_channels=32)
     model = ns["GPT"](config)
     model.init_weights()
-    model.build_masks(use_flex=False)  # CPU: a boolean mask for the short window, None for the full one
+    # CPU: a boolean mask for the short window; the full one under the cuDNN-first priority an H100 gets
+    # (a context manager inside the graph; on the CPU SDPA runs its own kernel)
+    model.set_attention(("sdpa", "cudnn"))
     assert model.masks[0].dtype == torch.bool and model.masks[1] is None
     adam = dict(kind="adamw", betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)
     matrices = list(model.blocks.parameters())
