@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.analysis import read_results, summarize
+from autoresearch.analysis import read_results, read_run, summarize
 from autoresearch.config import RunConfig
 from autoresearch.loop import run
+from autoresearch.report import extra_trials_line
 from autoresearch.results import ResultsFile, RunState
 from invariants import check_invariants
 from reliability import Harness, make_user_lab, read_json, secret_env, wait_for
@@ -102,6 +103,12 @@ def test_a_confirm_that_reverses_discards_and_the_branch_returns_to_the_best(noi
     assert [(r.status, r.role) for r in got][2:] == [("trial", "candidate"), ("discard", "confirm")]
     assert got[3].commit == got[2].commit and got[3].parent == got[0].commit
     check_invariants(noisy_lab, "t")
+    # The report: one confirm, and it changed the verdict (its first trial alone was a keep).
+    extra = summarize(read_results(noisy_lab / "results/t/results.tsv"), run=read_run(noisy_lab / "results/t"))["noise"]["confirms"]
+    assert extra["confirm_trials"] == 1 and extra["confirmed_experiments"] == 1
+    assert extra["confirm_seconds"] == got[3].run_seconds > 0
+    assert extra["changed"] == [{"experiment": 1, "first_trial_alone": "keep", "final": "discard", "trials": 2}]
+    assert "changed 1 decisions of the first trial alone (#1 keep->discard)" in extra_trials_line(extra)
 
 
 def test_the_proposer_is_not_asked_while_a_confirm_is_due_and_max_experiments_counts_experiments(noisy_lab):
@@ -138,6 +145,9 @@ def test_upstream_notebook_semantics_on_a_file_with_trial_rows(noisy_lab):
     assert s["experiments"] == 5 and s["trials"] == 9 and s["counts"] == {"keep": 4, "discard": 1, "crash": 0}
     assert s["best"]["val_bpb"] == pytest.approx(0.976833) and s["best"]["trials"] == 3
     assert s["noise"]["dof"] == 4 and s["noise"]["extra_trials"] == 4
+    # 3 confirms of 2 candidates, both clear keeps on their first trial alone: nothing changed
+    assert s["noise"]["confirms"]["confirm_trials"] == 3 and s["noise"]["confirms"]["confirmed_experiments"] == 2
+    assert s["noise"]["confirms"]["changed"] == []
 
 
 # ---------------------------------------------------------------------------
