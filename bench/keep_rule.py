@@ -260,7 +260,7 @@ def grid(args, gain: float) -> list[str]:
         for x in args.sigma_x:
             sigma = x * gain
             by_rule = {rule: summary([simulate(rule, w, sigma, experiments, args.min_delta)
-                                      for w in range(1, args.worlds + 1)]) for rule in ("greedy", "noise")}
+                                      for w in worlds(args)]) for rule in ("greedy", "noise")}
             g, d = by_rule["greedy"], by_rule["noise"]
             misses = []
             if d["false"] > g["false"] / 4:
@@ -283,7 +283,7 @@ def real_check(args, gain: float) -> None:
     sigma, experiments = args.sigma_x[0] * gain, args.experiments[0]
     print(f"| world | rule | real: kept / false / missed / final true / trials | simulated: the same |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="autoresearch-keep-rule-") as tmp:
-        for world in range(1, args.worlds + 1):
+        for world in worlds(args):
             for rule in ("greedy", "noise"):
                 real = one_run(Path(tmp), rule, world, sigma, experiments, args.min_delta)
                 sim = simulate(rule, world, sigma, experiments, args.min_delta)
@@ -292,18 +292,23 @@ def real_check(args, gain: float) -> None:
                 print(f"| {world} | {rule} | {cells[0]} | {cells[1]} |", flush=True)
 
 
+def worlds(args) -> range:
+    return range(args.first_world, args.first_world + args.worlds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=lambda s: [int(v) for v in s.split(",")], default=[50, 200])
     parser.add_argument("--sigma-x", type=lambda s: [float(v) for v in s.split(",")], default=[0.1, 1.0, 3.0],
                         help="noise as multiples of the typical real gain")
     parser.add_argument("--worlds", type=int, default=8, help="noise worlds (seeds of noise and proposer)")
+    parser.add_argument("--first-world", type=int, default=1, help="e.g. 9: worlds the defaults were not tuned on")
     parser.add_argument("--min-delta", type=float, default=1e-4)
     parser.add_argument("--real", action="store_true", help="the real loop against the simulation, one regime")
     args = parser.parse_args()
     gain = typical_gain()
     print(f"simulated lab: baseline true {truth(start_source()):.6f}, optimum {BASE:.6f}, typical real gain "
-          f"{gain:.2e} (median winning first move); min-delta {args.min_delta:g}; {args.worlds} worlds; "
+          f"{gain:.2e} (median winning first move); min-delta {args.min_delta:g}; worlds {worlds(args).start}-{worlds(args).stop - 1}; "
           f"greedy with 1 baseline trial, noise with 2 (the defaults); rule constants {LEVELS}\n")
     if args.real:
         real_check(args, gain)
