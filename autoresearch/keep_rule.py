@@ -119,9 +119,9 @@ def _sequential(gain: float, n: int, m: int, noise: Noise, levels: Levels, verdi
     sigma, dof = noise.sigma, noise.dof
     z = gain / _se(sigma, n, m)
     text = f"gain {gain:+.6f} = {z:+.2f} x its standard error (sigma {sigma:.6f}, {dof} dof)"
-    keep_bar = float(stats.t.ppf(1 - levels.keep, dof))
     if n >= levels.max_trials:
-        return verdict("keep" if z > keep_bar else "discard", z, f"{text} after {n} trials")
+        keep = z > float(stats.t.ppf(1 - levels.keep, dof))
+        return verdict("keep" if keep else "discard", z, f"{text} after {n} trials")
     if z > float(stats.t.ppf(1 - levels.clear, dof)):
         return verdict("keep", z, f"{text}: a clear win" + (f" after {n} trials" if n > 1 else ""))
     if _reach(gain, n, m, sigma, levels) < levels.futile:
