@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.keep_rule import MIN_DELTA, Levels, judge, pooled_noise
 from autoresearch.ledger import best_of, group, noise_of
 from autoresearch.records import DECIDING, PARSERS, UPSTREAM_COLUMNS, RunState
 from autoresearch.records import STATUSES as ROW_STATUSES
@@ -231,7 +232,7 @@ def summarize(table: Table, run: dict | None = None, tag: str | None = None,
         "improvement": improvement,
         "improvement_pct": round(100 * improvement / baseline["val_bpb"], 6) if improvement is not None else None,
         "noise_threshold": noise,
-        "noise": noise_summary(experiments, rows),
+        "noise": {**noise_summary(experiments, rows), "confirms": extra_trial_effect(experiments, run)},
         "improvements": len(hits),
         "within_noise": sum(1 for k in hits if k["within_noise"]),
         "kept": kept,
@@ -260,6 +261,36 @@ def noise_summary(experiments, rows: list[dict]) -> dict:
         "extra_training_seconds": sum(seconds) if seconds else 0.0,
         "extra_share": sum(seconds) / sum(total) if seconds and total else 0.0,
     }
+
+
+def extra_trial_effect(experiments, run: dict | None = None) -> dict:
+    """What the keep rule's extra trials of candidates (the `confirm` rows) cost and changed.
+
+    cost: their number and training time (run_seconds, the whole run; else training_seconds).
+    changed: decided candidates with more than one trial whose final verdict differs from the
+    call the rule would have made on the first trial alone (the same test, capped at one trial,
+    against the trials of the commit it was built on, with the noise known before it)."""
+    confirms = [r for exp in experiments for r in exp.rows if getattr(r, "role", None) == "confirm"]
+    seconds = sum((getattr(r, "run_seconds", None) or getattr(r, "training_seconds", None) or 0.0) for r in confirms)
+    values_of = {exp.commit: exp.values for exp in experiments if exp.decided and exp.status == "keep"}
+    rule = (run or {}).get("keep_rule") or "noise"  # run.json's; a confirm row means the noise rule
+    min_delta = (run or {}).get("min_delta")
+    min_delta = MIN_DELTA if min_delta is None else float(min_delta)
+    changed, confirmed = [], 0
+    for i, exp in enumerate(experiments):
+        first = exp.first
+        base = values_of.get(getattr(first, "parent", None))
+        if not exp.decided or exp.status == "crash" or getattr(first, "role", None) == "baseline" or len(exp.values) < 2 or not base:
+            continue
+        confirmed += 1
+        noise = pooled_noise([e.values for e in experiments[:i]] + [exp.values[:1]])
+        alone = judge(rule, exp.values[:1], base, noise, min_delta, levels=Levels(max_trials=1)).decision
+        alone = "keep" if alone == "confirm" else alone  # (noise not yet measured: a gain is a keep)
+        if alone != exp.status:
+            changed.append({"experiment": exp.number, "first_trial_alone": alone, "final": exp.status,
+                            "trials": len(exp.values)})
+    return {"confirm_trials": len(confirms), "confirm_seconds": round(seconds, 1),
+            "confirmed_experiments": confirmed, "changed": changed}
 
 
 def kept_with_deltas(experiments, baseline: dict | None, noise: float) -> list[dict]:

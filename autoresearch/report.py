@@ -156,6 +156,8 @@ def run_sections(s: dict, top: int) -> list[Section]:
             ("repeats and confirms", f"{n['extra_trials']} trials, {n['extra_training_seconds']:.0f} s of training "
                                      f"({100 * n['extra_share']:.1f}% of all training)"),
         ]
+    if n.get("confirms", {}).get("confirm_trials"):
+        overview.pairs.append(("keep rule's extra trials", extra_trials_line(n["confirms"])))
     t, u = s["timing"], s["usage"]
     if t["elapsed_hours"] is not None or t["mean_wall_seconds"] is not None:
         overview.pairs += [
@@ -253,6 +255,12 @@ def compare_section(summaries: list[dict]) -> Section:
     ]
     section.rows = [[label, *(fn(s) for s in summaries)] for label, fn in figures]
     return section
+
+
+def extra_trials_line(e: dict) -> str:
+    changed = ", ".join(f"#{c['experiment']} {c['first_trial_alone']}->{c['final']}" for c in e["changed"][:5])
+    return (f"{e['confirm_trials']} confirms of {e['confirmed_experiments']} candidates, {e['confirm_seconds']:.0f} s; "
+            f"changed {len(e['changed'])} decisions of the first trial alone" + (f" ({changed})" if changed else ""))
 
 
 def _verdict(s: dict) -> str:

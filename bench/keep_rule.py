@@ -1,23 +1,33 @@
 """Keep rules under noise: greedy (upstream) against noise (our default), on a simulated lab.
 
-The lab's train.py trains nothing: its true val_bpb is a known function of its hyperparameters
-(three that matter, four that do nothing), and each run prints that value plus Gaussian noise of
-a chosen sigma. The real loop drives it (real git, real training subprocesses, the hparam
-proposer), 200 experiments per rule and seed. Because the true function is known, every verdict
-can be graded:
+The lab's train.py trains nothing: its true val_bpb is a known function of its constants (ten
+that matter, forty that do nothing), and each run prints that value plus Gaussian noise of a
+chosen sigma. Because the true function is known, every verdict can be graded:
 
     false keep   kept, but its true val_bpb is no better than the best it was judged against
     missed win   discarded, though truly better than that best by at least --min-delta
     final true   the true val_bpb of the commit the run ends on
     trials       training runs, baseline repeats and confirms included (the GPU time)
 
-    python bench/keep_rule.py                      # 200 experiments x 3 seeds x 2 rules
-    python bench/keep_rule.py --experiments 60 --seeds 1 --sigma 0.001
+Two ways to drive it:
+
+    simulated  (the default) the grid: sigma at 0.1x, 1x and 3x the typical real gain, 50 and 200
+               experiments, 8 noise worlds each, greedy against the default rule. In-process: the
+               SAME keep_rule.judge(), the SAME hparam proposer (its propose() on the same text,
+               history and seed), the same noise stream and the loop's semantics (baseline
+               repeats, confirm -> one more trial of the same commit, noise pooled over every
+               experiment's trials, the best = the latest keep with all its trials).
+    --real     the real loop, real git and training subprocesses, for a few worlds of one
+               regime, printed next to the simulation of the same worlds: they must agree.
+
+    python bench/keep_rule.py                              # the grid (a minute or two)
+    python bench/keep_rule.py --real --worlds 2 --experiments 50 --sigma-x 1
 """
 
 import argparse
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -28,12 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autoresearch import keep_rule  # noqa: E402
 from autoresearch.config import RunConfig  # noqa: E402
 from autoresearch.ledger import Ledger  # noqa: E402
 from autoresearch.live import View  # noqa: E402
 from autoresearch.loop import run  # noqa: E402
+from autoresearch.keep_rule import LEVELS, Levels, judge, pooled_noise  # noqa: E402
 from autoresearch.proposers import ProposerError, ProposerOptions, get_proposer  # noqa: E402
+from autoresearch.proposers.base import Context, Proposer  # noqa: E402
 
 # name: (start value, optimum, weight per squared octave). Weight 0: the knob does nothing. Fifty
 # knobs, so that hparam (which never repeats a tried value) does not run out of moves in 200.
@@ -121,7 +132,7 @@ def grade(root: Path, tag: str, min_delta: float) -> dict:
             "experiments": len(ledger.experiments())}
 
 
-class Hparam:
+class Hparam(Proposer):
     """The hparam proposer, but a run that has tried every nearby value ends (as a Ctrl-C would)
     instead of pausing, so the table can say how far it got."""
 
@@ -144,8 +155,10 @@ def one_run(folder: Path, rule: str, seed: int, sigma: float, experiments: int, 
     os.environ.update(BENCH_COUNTER=str(folder / f"{rule}-{seed}.count"), BENCH_NOISE_SEED=str(seed),
                       BENCH_SIGMA=str(sigma))
     repeats = 1 if rule == "greedy" else 2  # greedy as upstream runs it: one baseline trial
+    # audit and sandbox off: the stand-in hands over no model, and its noise counter lives outside
+    # the worktree, where the sandbox would not let it count (every run would draw the same noise).
     config = RunConfig(repo_root=root, tag="bench", profile="cpu", time_budget=1, timeout=60,
-                       keep_rule=rule, baseline_repeats=repeats, min_delta=min_delta,
+                       keep_rule=rule, baseline_repeats=repeats, min_delta=min_delta, audit="off", sandbox="off",
                        max_experiments=experiments, options=ProposerOptions(seed=seed))
     started = time.monotonic()
     run(config, proposer=Hparam(config.options), view=View("bench", quiet=True))
@@ -154,38 +167,153 @@ def one_run(folder: Path, rule: str, seed: int, sigma: float, experiments: int, 
     return result
 
 
+# ---------------------------------------------------------------------------
+# The simulation: the loop's semantics in-process, the same judge() and proposer
+# ---------------------------------------------------------------------------
+
+
+def start_source() -> str:
+    constants = "\n".join(f"{k} = {v!r}" for k, (v, _, _) in PARAMS.items())
+    return TRAIN_PY.format(constants=constants, params=PARAMS, base=BASE)
+
+
+_TRUTH: dict[str, float] = {}
+
+
+def truth(source: str) -> float:
+    if source not in _TRUTH:
+        _TRUTH[source] = true_value(source)
+    return _TRUTH[source]
+
+
+def typical_gain() -> float:
+    """The median true gain of the proposer's winning first moves: the scale of a real win."""
+    from autoresearch.edits import apply_blocks
+    from autoresearch.proposers.hparam import candidates, edit_for, find_params
+
+    source = start_source()
+    gains = [truth(source) - truth(apply_blocks(source, [edit_for(source, c)]))
+             for p in find_params(source, "cpu") for c in candidates(p)]
+    return statistics.median(g for g in gains if g > 0)
+
+
+def simulate(rule: str, world: int, sigma: float, experiments: int, min_delta: float,
+             levels: Levels = LEVELS) -> dict:
+    """One night of the loop on the simulated lab, graded as grade() grades the real one."""
+    proposer = get_proposer("hparam", ProposerOptions(seed=world))
+    runs = 0
+
+    def train(source: str) -> float:  # the lab's train.py: the same noise stream, printed to 6 places
+        nonlocal runs
+        rng = random.Random(f"{world}|{runs}")
+        runs += 1
+        return round(truth(source) + rng.gauss(0.0, sigma), 6)
+
+    source = start_source()
+    repeats = 1 if rule == "greedy" else 2  # as one_run() runs the real loop
+    best_values = [train(source) for _ in range(repeats)]
+    groups = [best_values]
+    history = [{"experiment": 0, "description": "baseline", "status": "keep"}]
+    kept = false_keeps = missed = extra = changed = 0
+    for n in range(1, experiments):
+        ctx = Context(program="", train_py=source, lab_contract="", history=list(history),
+                      workdir=ROOT, experiment=n, profile="cpu")
+        try:
+            proposal = proposer.propose(ctx)
+        except ProposerError:
+            break  # every nearby value tried: the real bench ends the run here too
+        values = [train(proposal.train_py)]
+        while True:
+            noise = pooled_noise([*groups, values])
+            verdict = judge(rule, values, best_values, noise, min_delta, levels=levels)
+            if verdict.decision != "confirm":
+                break
+            values.append(train(proposal.train_py))
+        extra += len(values) - 1
+        groups.append(values)
+        history.append({"experiment": n, "description": proposal.description, "status": verdict.decision})
+        gain = truth(source) - truth(proposal.train_py)
+        first_keep = (sum(best_values) / len(best_values)) - values[0] >= max(min_delta, 1e-12)
+        changed += len(values) > 1 and first_keep != (verdict.decision == "keep")
+        if verdict.decision == "keep":
+            kept += 1
+            false_keeps += gain <= 0
+            source, best_values = proposal.train_py, values
+        else:
+            missed += gain >= min_delta
+    return {"kept": kept, "false_keeps": false_keeps, "missed_wins": missed, "final_true": truth(source),
+            "trials": runs, "experiments": len(history), "extra": extra, "changed": changed}
+
+
+def summary(rs: list[dict]) -> dict:
+    mean = lambda key: statistics.fmean(r[key] for r in rs)  # noqa: E731
+    finals = [r["final_true"] for r in rs]
+    return {"kept": mean("kept"), "false": mean("false_keeps"), "missed": mean("missed_wins"),
+            "final": statistics.fmean(finals), "lo": min(finals), "hi": max(finals), "trials": mean("trials")}
+
+
+def grid(args, gain: float) -> list[str]:
+    """The table: per regime, greedy's row and the default's, with the goals checked."""
+    lines = ["| σ (× typical gain) | experiments | rule | kept | false keeps | missed wins "
+             "| final true val_bpb: mean (range) | trials | goals |", "|---|---|---|---|---|---|---|---|---|"]
+    for experiments in args.experiments:
+        for x in args.sigma_x:
+            sigma = x * gain
+            by_rule = {rule: summary([simulate(rule, w, sigma, experiments, args.min_delta)
+                                      for w in worlds(args)]) for rule in ("greedy", "noise")}
+            g, d = by_rule["greedy"], by_rule["noise"]
+            misses = []
+            if d["false"] > g["false"] / 4:
+                misses.append(f"false keeps {d['false']:.2f} > {g['false'] / 4:.2f}")
+            if d["final"] > g["final"]:
+                misses.append(f"final {d['final'] - g['final']:+.6f} worse")
+            if d["trials"] > 1.5 * g["trials"]:
+                misses.append(f"trials {d['trials'] / g['trials']:.2f}x")
+            for rule, r in by_rule.items():
+                goals = "" if rule == "greedy" else ("all met" if not misses else "MISSED: " + "; ".join(misses))
+                lines.append(f"| {x:g} ({sigma:.2e}) | {experiments} | {rule} | {r['kept']:.1f} | {r['false']:.2f} "
+                             f"| {r['missed']:.1f} | {r['final']:.6f} ({r['lo']:.6f}–{r['hi']:.6f}) "
+                             f"| {r['trials']:.1f} ({r['trials'] / g['trials']:.2f}×) | {goals} |")
+            print(lines[-2] + "\n" + lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def real_check(args, gain: float) -> None:
+    """The real loop against the simulation, world by world, for one regime."""
+    sigma, experiments = args.sigma_x[0] * gain, args.experiments[0]
+    print(f"| world | rule | real: kept / false / missed / final true / trials | simulated: the same |\n|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="autoresearch-keep-rule-") as tmp:
+        for world in worlds(args):
+            for rule in ("greedy", "noise"):
+                real = one_run(Path(tmp), rule, world, sigma, experiments, args.min_delta)
+                sim = simulate(rule, world, sigma, experiments, args.min_delta)
+                cells = [f"{r['kept']} / {r['false_keeps']} / {r['missed_wins']} / {r['final_true']:.6f} / {r['trials']}"
+                         for r in (real, sim)]
+                print(f"| {world} | {rule} | {cells[0]} | {cells[1]} |", flush=True)
+
+
+def worlds(args) -> range:
+    return range(args.first_world, args.first_world + args.worlds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiments", type=int, default=200)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--first-seed", type=int, default=1)
-    parser.add_argument("--sigma", type=float, default=5e-4, help="run-to-run noise of val_bpb (H100: a few 1e-4)")
+    parser.add_argument("--experiments", type=lambda s: [int(v) for v in s.split(",")], default=[50, 200])
+    parser.add_argument("--sigma-x", type=lambda s: [float(v) for v in s.split(",")], default=[0.1, 1.0, 3.0],
+                        help="noise as multiples of the typical real gain")
+    parser.add_argument("--worlds", type=int, default=8, help="noise worlds (seeds of noise and proposer)")
+    parser.add_argument("--first-world", type=int, default=1, help="e.g. 9: worlds the defaults were not tuned on")
     parser.add_argument("--min-delta", type=float, default=1e-4)
-    parser.add_argument("--rules", default="greedy,noise")
-    # For tuning the noise rule's constants (autoresearch/keep_rule.py); the defaults are its own.
-    parser.add_argument("--low-level", type=float, default=keep_rule.LOW_LEVEL)
-    parser.add_argument("--keep-level", type=float, default=keep_rule.KEEP_LEVEL)
-    parser.add_argument("--clear-level", type=float, default=keep_rule.CLEAR_LEVEL)
+    parser.add_argument("--real", action="store_true", help="the real loop against the simulation, one regime")
     args = parser.parse_args()
-    keep_rule.LOW_LEVEL, keep_rule.KEEP_LEVEL, keep_rule.CLEAR_LEVEL = args.low_level, args.keep_level, args.clear_level
-    results: dict[str, list[dict]] = {rule: [] for rule in args.rules.split(",")}
-    with tempfile.TemporaryDirectory(prefix="autoresearch-keep-rule-") as tmp:
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            for rule in results:
-                r = one_run(Path(tmp), rule, seed, args.sigma, args.experiments, args.min_delta)
-                results[rule].append(r)
-                print(f"seed {seed} {rule:6s}: {r}", file=sys.stderr, flush=True)
-    print(f"\nsimulated lab: sigma {args.sigma:g}, baseline true {BASE + sum(w * math.log2(v / o) ** 2 for v, o, w in PARAMS.values()):.6f}, "
-          f"optimum {BASE:.6f}; {args.experiments} experiments x {args.seeds} seeds per rule; min-delta {args.min_delta:g}\n")
-    print("| rule | experiments | kept | false keeps | missed wins | final true val_bpb | trials (GPU time) |")
-    print("|---|---|---|---|---|---|---|")
-    greedy_trials = statistics.fmean(r["trials"] for r in results.get("greedy") or next(iter(results.values())))
-    for rule, rs in results.items():
-        mean = lambda key: statistics.fmean(r[key] for r in rs)  # noqa: E731
-        finals = [r["final_true"] for r in rs]
-        print(f"| {rule} | {mean('experiments'):.0f} | {mean('kept'):.1f} | {mean('false_keeps'):.1f} | {mean('missed_wins'):.1f} "
-              f"| {statistics.fmean(finals):.6f} (range {min(finals):.6f}-{max(finals):.6f}) "
-              f"| {mean('trials'):.0f} ({100 * (mean('trials') / greedy_trials - 1):+.0f}%) |")
+    gain = typical_gain()
+    print(f"simulated lab: baseline true {truth(start_source()):.6f}, optimum {BASE:.6f}, typical real gain "
+          f"{gain:.2e} (median winning first move); min-delta {args.min_delta:g}; worlds {worlds(args).start}-{worlds(args).stop - 1}; "
+          f"greedy with 1 baseline trial, noise with 2 (the defaults); rule constants {LEVELS}\n")
+    if args.real:
+        real_check(args, gain)
+        return
+    print("\n".join(grid(args, gain)))
 
 
 if __name__ == "__main__":

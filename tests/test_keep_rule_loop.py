@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.analysis import read_results, summarize
+from autoresearch.analysis import read_results, read_run, summarize
 from autoresearch.config import RunConfig
 from autoresearch.loop import run
 from autoresearch.records import ResultsFile, RunState
+from autoresearch.report import extra_trials_line
 from invariants import check_invariants
 from reliability import Harness, make_user_lab, read_json, secret_env, wait_for
 from standin import ScriptedProposer, make_lab, set_constants
@@ -56,14 +57,16 @@ def test_the_baseline_is_trained_twice_with_two_seeds_and_sets_the_noise(noisy_l
 
 
 # With 1 dof (the baseline's pair) t is wide: even a 12-sigma first trial is confirmed, which
-# adds a pair; with 2 dof a 16-sigma trial is kept at once; a 4-sigma one is confirmed.
+# adds a pair; with 2 dof a 16-sigma trial is kept at once. The third change reads 4.2 and then
+# 5.8 standard errors with 2 and 3 dof (t_0.995 is 9.9 and 5.8 there: sigma itself is barely
+# known), so the sequential rule trains it a third time (seed 44) and keeps it on its mean.
 STEPS = [{"VAL": 0.99, "JITTER": {}},  # confirmed (0.99, 0.99), kept
          {"VAL": 0.98},  # kept at once
-         {"VAL": 0.977, "JITTER": {43: -0.0005}},  # grey zone: 0.977, 0.9765, kept on its mean
+         {"VAL": 0.977, "JITTER": {43: -0.0005}},  # unclear: 0.977, 0.9765, 0.977, kept on its mean
          {"VAL": 1.2}]  # discarded at once
 
 
-def test_clear_win_grey_zone_and_clear_loss_under_the_noise_rule(noisy_lab):
+def test_clear_win_unclear_win_and_clear_loss_under_the_noise_rule(noisy_lab):
     view = RecordingView()
     outcome = run(noise_config(noisy_lab, max_experiments=5), proposer=ScriptedProposer(list(STEPS)), view=view)
     got = rows(noisy_lab)
@@ -71,17 +74,18 @@ def test_clear_win_grey_zone_and_clear_loss_under_the_noise_rule(noisy_lab):
     assert table == [(0, "trial", "baseline", 1), (0, "keep", "repeat", 2),
                      (1, "trial", "candidate", 1), (1, "keep", "confirm", 2),
                      (2, "keep", "candidate", 1),
-                     (3, "trial", "candidate", 1), (3, "keep", "confirm", 2),
+                     (3, "trial", "candidate", 1), (3, "trial", "confirm", 2), (3, "keep", "confirm", 3),
                      (4, "discard", "candidate", 1)]
-    assert "grey zone" in got[5].reason and "clear win" in got[4].reason
-    assert got[6].mean_val_bpb == pytest.approx(0.97675) and got[4].delta == pytest.approx(0.98 - 0.99)
-    assert [r.seed for r in got[5:7]] == [42, 43]
-    assert outcome.experiments == 5 and outcome.best_commit == got[6].commit
-    assert outcome.best_val_bpb == pytest.approx(0.97675)
+    assert "unclear, trial 2 of at most 5" in got[5].reason and "clear win" in got[4].reason
+    assert "clear win after 3 trials" in got[7].reason
+    assert got[7].mean_val_bpb == pytest.approx(0.976833) and got[4].delta == pytest.approx(0.98 - 0.99)
+    assert [r.seed for r in got[5:8]] == [42, 43, 44]
+    assert outcome.experiments == 5 and outcome.best_commit == got[7].commit
+    assert outcome.best_val_bpb == pytest.approx(0.976833, abs=1e-6)
     # The proposer sees each experiment once, with its mean and number of trials.
     history = run_history(noisy_lab)
     assert [h["experiment"] for h in history] == [0, 1, 2, 3, 4]
-    assert history[3]["trials"] == 2 and history[3]["val_bpb"] == pytest.approx(0.97675)
+    assert history[3]["trials"] == 3 and history[3]["val_bpb"] == pytest.approx(0.976833)
     check_invariants(noisy_lab, "t")
 
 
@@ -99,13 +103,21 @@ def test_a_confirm_that_reverses_discards_and_the_branch_returns_to_the_best(noi
     assert [(r.status, r.role) for r in got][2:] == [("trial", "candidate"), ("discard", "confirm")]
     assert got[3].commit == got[2].commit and got[3].parent == got[0].commit
     check_invariants(noisy_lab, "t")
+    # The report: one confirm, and it changed the verdict (its first trial alone was a keep).
+    extra = summarize(read_results(noisy_lab / "results/t/results.tsv"), run=read_run(noisy_lab / "results/t"))["noise"]["confirms"]
+    assert extra["confirm_trials"] == 1 and extra["confirmed_experiments"] == 1
+    assert extra["confirm_seconds"] == got[3].run_seconds > 0
+    assert extra["changed"] == [{"experiment": 1, "first_trial_alone": "keep", "final": "discard", "trials": 2}]
+    assert "changed 1 decisions of the first trial alone (#1 keep->discard)" in extra_trials_line(extra)
 
 
 def test_the_proposer_is_not_asked_while_a_confirm_is_due_and_max_experiments_counts_experiments(noisy_lab):
     proposer = ScriptedProposer([{"VAL": 0.998, "JITTER": {43: -0.0003}}])
     run(noise_config(noisy_lab, max_experiments=2, min_delta=0.0), proposer=proposer, view=RecordingView())
     got = rows(noisy_lab)
-    assert len(got) == 4 and {r.experiment for r in got} == {0, 1}  # 2 experiments, 4 trials
+    # 2 experiments, 5 trials: the candidate (0.998, 0.9977, 0.998) is unclear until its third
+    # trial with so few degrees of freedom, and each of its trials came before the end
+    assert len(got) == 5 and {r.experiment for r in got} == {0, 1} and got[-1].status == "keep"
     assert len(proposer.contexts) == 1
 
 
@@ -124,15 +136,18 @@ def test_upstream_notebook_semantics_on_a_file_with_trial_rows(noisy_lab):
     with open(path, newline="") as f:
         table = list(csv.DictReader(f, delimiter="\t"))
     statuses = [r["status"].strip().upper() for r in table]
-    assert statuses.count("KEEP") == 4 and statuses.count("DISCARD") == 1 and statuses.count("TRIAL") == 3
+    assert statuses.count("KEEP") == 4 and statuses.count("DISCARD") == 1 and statuses.count("TRIAL") == 4
     keep_rate = statuses.count("KEEP") / (statuses.count("KEEP") + statuses.count("DISCARD"))
     assert keep_rate == 0.8
     assert float(table[0]["val_bpb"]) == 1.0  # the notebook's baseline: the first row
     # Our report counts experiments, not trials, and reads the best as a mean.
     s = summarize(read_results(path))
-    assert s["experiments"] == 5 and s["trials"] == 8 and s["counts"] == {"keep": 4, "discard": 1, "crash": 0}
-    assert s["best"]["val_bpb"] == pytest.approx(0.97675) and s["best"]["trials"] == 2
-    assert s["noise"]["dof"] == 3 and s["noise"]["extra_trials"] == 3
+    assert s["experiments"] == 5 and s["trials"] == 9 and s["counts"] == {"keep": 4, "discard": 1, "crash": 0}
+    assert s["best"]["val_bpb"] == pytest.approx(0.976833) and s["best"]["trials"] == 3
+    assert s["noise"]["dof"] == 4 and s["noise"]["extra_trials"] == 4
+    # 3 confirms of 2 candidates, both clear keeps on their first trial alone: nothing changed
+    assert s["noise"]["confirms"]["confirm_trials"] == 3 and s["noise"]["confirms"]["confirmed_experiments"] == 2
+    assert s["noise"]["confirms"]["changed"] == []
 
 
 # ---------------------------------------------------------------------------
