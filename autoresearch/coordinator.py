@@ -38,18 +38,19 @@ coordinator last wrote, restored, and the training's row is a crash.
 """
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.gpus import worker_gpus
 from autoresearch.keep_rule import Verdict
 from autoresearch.ledger import Best, Experiment
 from autoresearch.loop import (RunOutcome, Session, Trained, Change, _feedback, _one_line, _proposal_record,
-                               _write_json, compile_cache_dirs, judge_run)
+                               _write_json, judge_run)
 from autoresearch.proposers import Proposal, ProposerError, Usage
 from autoresearch.results import Row, read_bytes, restore_bytes, utc_now
+from autoresearch.runner import training_defaults
 from autoresearch.scheduler import Prepared, Speculator, rebase_train_py
 from autoresearch.trainers import TrainJob, TrainOutput, lab_files, reap_worker
 from autoresearch.trust import HANDOFF_ENV, model_path
@@ -97,24 +98,6 @@ class Idea:
     number: int
     prepared: Prepared
     record: dict
-
-
-def local_gpus(text: str | None) -> list[str]:
-    """--gpus as a list of indices; "all" asks nvidia-smi."""
-    from autoresearch.config import parse_gpus
-
-    gpus = parse_gpus(text) if text else []
-    if gpus is not None:
-        return gpus
-    try:
-        done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        raise AutoresearchError("--gpus all: nvidia-smi is not available here; name the GPUs (--gpus 0,1) "
-                                "or use --workers N") from None
-    found = [line for line in done.stdout.splitlines() if line.startswith("GPU ")]
-    if done.returncode != 0 or not found:
-        raise AutoresearchError("--gpus all: nvidia-smi -L lists no GPU")
-    return [str(i) for i in range(len(found))]
 
 
 class Coordinator(Session):
@@ -284,8 +267,7 @@ class Coordinator(Session):
         n, trial = launch.key
         budget, timeout = self.budget_and_timeout()
         env = self.lab_env(trial)
-        for name, folder in compile_cache_dirs({**os.environ, **env}).items():
-            env.setdefault(name, folder)
+        env.update(training_defaults({**os.environ, **env}))  # caches, allocator, device order (runner.py)
         job = TrainJob(n, trial, self.workspace.read_at(launch.change.commit), self.lab_files, env, timeout,
                        command=self.config.training_command,
                        outputs={HANDOFF_ENV: MODEL_FILE} if self.trust.audit else {})
@@ -639,7 +621,7 @@ class Coordinator(Session):
             return pool
         from autoresearch.local_pool import LocalTrainerPool
 
-        gpus = local_gpus(cfg.gpus) if cfg.gpus else [None] * (cfg.workers or 1)
+        gpus = worker_gpus(cfg)  # checked by loop.run (gpus.check_workers) before anything was created
         wrap = None
         if self.trust.sandbox is not None:
             wrap = lambda argv, lab, out: self.trust.command(argv, lab, out)  # noqa: E731

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from autoresearch.gpus import pin_env
 from autoresearch.trainers import Handle, LocalTrainer, TrainJob, TrainOutput, cancelled_output, lost_output
 
 PROBE_TIMEOUT = 120.0
@@ -43,7 +44,7 @@ class _LocalSlot:
 def probe_gpu(gpu: str, env: dict, probe: Sequence[str] | None = None) -> bool:
     """Whether GPU `gpu` still answers a fresh process."""
     try:
-        done = subprocess.run(list(probe or GPU_PROBE), env={**env, "CUDA_VISIBLE_DEVICES": gpu}, capture_output=True,
+        done = subprocess.run(list(probe or GPU_PROBE), env={**env, **pin_env(gpu, env)}, capture_output=True,
                               timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -51,7 +52,8 @@ def probe_gpu(gpu: str, env: dict, probe: Sequence[str] | None = None) -> bool:
 
 
 class LocalTrainerPool:
-    """One worker per entry of `gpus` (a GPU index, or None for no pinning)."""
+    """One worker per entry of `gpus` (a CUDA_VISIBLE_DEVICES entry from gpus.worker_gpus: an
+    index, GPU-... or MIG-...; or None for no pinning)."""
 
     def __init__(self, gpus: Sequence[str | None], scratch_root: Path, base_env: dict | None = None,
                  wrap: Callable | None = None, probe: Sequence[str] | None = None,
@@ -62,7 +64,7 @@ class LocalTrainerPool:
         self.scratch_root = Path(scratch_root)
         self.slots = []
         for i, gpu in enumerate(gpus):
-            name = f"w{i}" + (f"/gpu{gpu}" if gpu is not None else "")
+            name = f"w{i}" + ("" if gpu is None else f"/gpu{gpu}" if gpu.isdigit() else f"/{gpu[:12]}")
             self.slots.append(_LocalSlot(i, LocalTrainer(name, gpu, self.scratch_root, self.base_env, wrap=wrap)))
         self.queue: list[Handle] = []
         self.unclaimed: list[Handle] = []

@@ -51,6 +51,7 @@ from git.exc import GitCommandError
 
 from autoresearch.config import LAB_VARIABLES, SEED, RunConfig, check_tag, from_cli
 from autoresearch.errors import AutoresearchError
+from autoresearch.gpus import check_workers
 from autoresearch.keep_rule import Noise, Verdict, judge, pooled_noise
 from autoresearch.lab import detect_profile, lab_contract, lab_time_budget
 from autoresearch.ledger import Best, Experiment, Ledger
@@ -59,7 +60,7 @@ from autoresearch.process import kill_marked, kill_orphan
 from autoresearch.proposers import Context, Proposal, ProposerError, Usage
 from autoresearch.proposers.command import AGENT_MARKER
 from autoresearch.results import Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
-from autoresearch.runner import RunResult, run_training, training_env
+from autoresearch.runner import RunResult, run_training, training_defaults, training_env
 from autoresearch.trust import HANDOFF_ENV, Audited, Trust, drop_models, model_path, rebuild_hint
 from autoresearch.scheduler import Speculator, rebase_train_py, speculates
 from autoresearch.workspace import Workspace
@@ -147,6 +148,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
         built = True
     else:
         built = False
+    check_workers(config)  # --ray imports, --gpus resolves and torch sees it: before anything exists
     if config.preflight:  # one line naming the fix, before results/<tag>/ exists or anything trains
         from autoresearch.doctor import preflight
 
@@ -710,8 +712,7 @@ class Session:
         env = self.training_env(trial)
         if model is not None:
             env[HANDOFF_ENV] = str(model.resolve())
-        for name, folder in compile_cache_dirs(env).items():  # a sandbox's own setting wins
-            env.setdefault(name, folder)
+        env.update(training_defaults(env))  # caches, allocator, device order; a sandbox's own setting wins
         command = self.trust.command(self.config.training_command or [sys.executable, "train.py"],
                                      self.workspace.path, self.paths.run_dir(n))
         started = time.monotonic()
@@ -846,18 +847,6 @@ def judge_run(result: RunResult, reasons: list[str], cache_changed: bool, model:
     if not isinstance(val, (int, float)) or not math.isfinite(val):
         return Trained(result, "crash", f"val_bpb is {val}")
     return Trained(result, "ok", "", val_bpb=float(val), model=model)
-
-
-def compile_cache_dirs(env: dict[str, str]) -> dict[str, str]:
-    """torch.compile's caches under the lab's cache root, kept across experiments: most of a
-    candidate's graphs are the best's, so Inductor and Triton reuse their compiled kernels
-    instead of paying the compile again every 5 minutes. Created here (the training may not
-    be able to create folders: a sandbox)."""
-    root = Path(env.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch").expanduser() / "compile"
-    dirs = {"TORCHINDUCTOR_CACHE_DIR": root / "inductor", "TRITON_CACHE_DIR": root / "triton"}
-    for folder in dirs.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    return {name: str(folder) for name, folder in dirs.items()}
 
 
 def _env_float(name: str) -> float | None:
