@@ -318,6 +318,12 @@ def resolve_gpus(text: str, env: Mapping[str, str]) -> list[str]:
         if not driver.devices():
             raise AutoresearchError(f"--gpus all: nvidia-smi -L lists no GPU{': ' + driver.error if driver.error else ''}")
         return driver.devices()
+    if visible is None and any(g.isdigit() for g in named):
+        listed = nvidia_smi(env).gpus  # (without nvidia-smi the torch probe decides)
+        past = [g for g in named if g.isdigit() and listed and int(g) >= len(listed)]
+        if past:
+            raise AutoresearchError(f"--gpus {text}: no GPU {past[0]}: nvidia-smi -L lists {len(listed)} "
+                                    f"(indices 0-{len(listed) - 1})")
     devices = []
     for g in named:
         if g.isdigit() and visible is not None:
@@ -366,11 +372,11 @@ def check_torch_sees(devices: list[str], env: Mapping[str, str], text: str = "")
         what = f"GPU {devices[0]}" if len(devices) == 1 else f"GPUs {','.join(devices)}"
         fix = report.fix.replace("use --profile cpu", "drop --gpus (--workers N trains on the CPU)")
         raise AutoresearchError(f"{named}: no {what} visible to torch: {report.detail}; fix: {fix}")
-    count = report.count
-    if count < len(devices):
+    if report.count < len(devices):  # one at a time (a process sees only one MIG instance anyway)
         missing = [d for d in devices if not inspect({**env, **pin_env(d, env)}).ok]
-        raise AutoresearchError(f"{named}: torch sees {count} of the {len(devices)} GPUs named; not visible: "
-                                f"{', '.join(missing) or '?'} (check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+        if missing:
+            raise AutoresearchError(f"{named}: torch sees {report.count} of the {len(devices)} GPUs named; not "
+                                    f"visible: {', '.join(missing)} (check nvidia-smi and CUDA_VISIBLE_DEVICES)")
 
 
 def main() -> int:

@@ -207,6 +207,9 @@ def test_gpus_all_lists_nvidia_smi_gpus_and_each_mig_instance(tmp_path):
     config = RunConfig(repo_root=tmp_path, tag="t", gpus="all")
     assert worker_gpus(config, env) == ["0", *MIG]
     assert worker_gpus(RunConfig(repo_root=tmp_path, tag="t", workers=3), env) == [None, None, None]
+    assert resolve_gpus(f"1,{MIG[1]}", env) == ["1", MIG[1]]
+    with pytest.raises(AutoresearchError, match=r"no GPU 2: nvidia-smi -L lists 2 \(indices 0-1\)"):
+        resolve_gpus("0,2", env)
     with pytest.raises(AutoresearchError, match="nvidia-smi is not available"):
         resolve_gpus("all", {"PATH": str(tmp_path / "empty")})
     assert resolve_gpus("2,3", {"PATH": str(tmp_path / "empty")}) == ["2", "3"]
