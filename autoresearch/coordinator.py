@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.gpus import worker_gpus
+from autoresearch.gpus import pin_env, worker_gpus
 from autoresearch.keep_rule import Verdict
 from autoresearch.ledger import Best, Experiment
 from autoresearch.loop import (RunOutcome, Session, Trained, Change, _feedback, _one_line, _proposal_record,
@@ -432,7 +432,7 @@ class Coordinator(Session):
     def training_env(self, trial: int = 1) -> dict[str, str]:
         env = super().training_env(trial)
         if self.audit_gpu is not None:  # the audit: on the GPU whose training just ended
-            env["CUDA_VISIBLE_DEVICES"] = self.audit_gpu
+            env.update(pin_env(self.audit_gpu, env))  # in the order the worker was pinned in
         return env
 
     # -- asking --------------------------------------------------------------------------------

@@ -263,11 +263,23 @@ def probe_torch(env: Mapping[str, str], python: str = sys.executable) -> dict:
     return json.loads(lines[-1][6:])
 
 
+_SEEN: dict[tuple, GpuReport] = {}  # a run's start asks up to three times (profile, preflight, --gpus)
+_KEYS = ("PATH", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "LD_LIBRARY_PATH")
+
+
 def inspect(env: Mapping[str, str] | None = None, python: str = sys.executable) -> GpuReport:
     """Whether torch, pinned as `env` pins it, sees a GPU; and if not, why and the fix. The
-    cheap checks come first: a CPU build of torch or a machine without a GPU answers at once."""
+    cheap checks come first: a CPU build of torch or a machine without a GPU answers at once.
+    Asked once per process and environment."""
     env = dict(os.environ if env is None else env)
     env.setdefault("CUDA_DEVICE_ORDER", ORDER)
+    key = (python, *(env.get(name) for name in _KEYS))
+    if key not in _SEEN:
+        _SEEN[key] = _inspect(env, python)
+    return _SEEN[key]
+
+
+def _inspect(env: dict[str, str], python: str) -> GpuReport:
     build, driver, nodes = torch_build(), nvidia_smi(env), device_nodes()
     present = bool(driver.gpus) or _has_gpu_node(nodes)
     found = blocker(build, driver, env, nodes)
