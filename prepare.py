@@ -616,6 +616,29 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def no_cuda_reason() -> str:
+    """Why torch sees no CUDA device, in one line: train.py fails with it at start-up under the
+    gpu profile instead of training the gpu model on the CPU until the harness's timeout."""
+    version = torch.__version__
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"torch {version} is a CPU build (torch.version.cuda is None)"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and (not visible.strip() or visible.strip().startswith("-")):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    nodes = [p for p in Path("/dev").glob("nvidia[0-9]*")] + [p for p in Path("/dev").glob("dxg")]
+    if not nodes and not Path("/dev/kfd").exists():
+        return "no GPU device files in /dev (no GPU here, or a container or sandbox without /dev/nvidia*)"
+    if any(p.name.startswith("nvidia") for p in nodes) and not Path("/dev/nvidia-uvm").exists():
+        # created by the first CUDA program outside a sandbox; the sandbox cannot load the module
+        return "/dev/nvidia-uvm is missing: run `sudo nvidia-modprobe -u -c=0` (or any CUDA program) once"
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # the driver's own words: too old for this build, not loaded, ...
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"torch {version} (CUDA {torch.version.cuda}): {said[:240]}"
+    return f"torch {version} (CUDA {torch.version.cuda}) counts 0 devices"
+
+
 class Tokenizer:
     """The prepared BPE tokenizer (a tiktoken Encoding) with upstream's small interface."""
 

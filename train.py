@@ -448,6 +448,11 @@ else:
 # Setup: device, tokenizer, model, optimizer, data
 # ---------------------------------------------------------------------------
 
+if PROFILE == "gpu" and DEVICE.type != "cuda":  # the gpu model on a CPU would only sit until the timeout
+    from prepare import no_cuda_reason
+    print(f"FAIL: profile gpu but no CUDA device: {no_cuda_reason()}")
+    sys.exit(1)
+
 # Dense bf16 tensor-core peak (FLOP/s) by device-name pattern, most specific first.
 # V100 and T4 have no bf16 tensor cores: their fp16 peak is listed.
 GPU_PEAK_FLOPS = [

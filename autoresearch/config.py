@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.gpus import parse_gpus
 from autoresearch.keep_rule import MIN_DELTA, RULES
 from autoresearch.lab import find_lab
 from autoresearch.proposers.base import ProposerOptions
@@ -57,7 +58,7 @@ class RunConfig:
     sandbox: str = "auto"  # on | off | auto (bubblewrap when it works here, else a warning)
     speculate: bool = True  # ask for the next proposal while one trains (slow proposers only; asking.py)
     workers: int | None = None  # trainings at once; None: one, or one per --gpus entry
-    gpus: str | None = None  # "0,1,2,3" or "all": one worker per GPU, pinned by CUDA_VISIBLE_DEVICES
+    gpus: str | None = None  # "0,1,2,3", UUIDs, MIG ids or "all": one worker per GPU, pinned by CUDA_VISIBLE_DEVICES (gpus.py)
     ray: str | None = None  # a Ray cluster's address, or "auto": workers are Ray actors (ray_pool.py)
 
     def __post_init__(self):
@@ -87,18 +88,6 @@ class RunConfig:
         self.repo_root = Path(self.repo_root)
         if self.options.run_dir is None:
             self.options.run_dir = self.repo_root / "results" / self.tag
-
-
-def parse_gpus(text: str) -> list[str] | None:
-    """--gpus: "all" (None: ask the machine), or distinct GPU indices "0,1,2"."""
-    if text.strip().lower() == "all":
-        return None
-    gpus = [part.strip() for part in text.split(",") if part.strip()]
-    if not gpus or not all(g.isdigit() for g in gpus):
-        raise AutoresearchError(f"bad --gpus {text!r}: GPU indices like 0,1,2,3, or all")
-    if len(set(gpus)) != len(gpus):
-        raise AutoresearchError(f"bad --gpus {text!r}: a GPU named twice (one worker per GPU)")
-    return gpus
 
 
 def from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", model: str | None = None,

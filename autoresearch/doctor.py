@@ -4,7 +4,8 @@ Each check is cheap and ends in a Check: ok or not, what was seen, and a one-lin
 would die at 2 a.m. on a missing tokenizer, a rejected key or a full disk should die in the first
 second instead:
 
-- gpu:      the gpu profile needs a visible CUDA device.
+- gpu:      the gpu profile needs a CUDA device torch sees (gpus.inspect, in a fresh process), else
+            why not and the fix: a CPU build, a torch for a newer CUDA than the driver, ...
 - data:     the active source (AUTORESEARCH_SOURCE, else the profile's default) is prepared under
             AUTORESEARCH_CACHE (default ~/.cache/autoresearch) as prepare.py lays it out: data/
             with val.parquet and a training shard, tokenizer/ for the profile's VOCAB_SIZE, and
@@ -51,7 +52,7 @@ def run_checks(repo_root: Path, profile: str, proposer: str | None, options: Pro
     env = os.environ if env is None else env
     options = options or ProposerOptions()
     repo_root = Path(repo_root)
-    checks = [check_gpu(profile), check_data(repo_root, profile, env), check_disk(repo_root / "results")]
+    checks = [check_gpu(profile, env), check_data(repo_root, profile, env), check_disk(repo_root / "results")]
     if proposer is None:
         return checks
     checks.append(check_proposer(proposer, options, env))
@@ -75,16 +76,18 @@ def preflight(repo_root: Path, profile: str, proposer: str | None, options: Prop
 # ---------------------------------------------------------------------------
 
 
-def check_gpu(profile: str) -> Check:
-    if profile != "gpu":  # without importing torch (~2 s): preflight runs before every run
+def check_gpu(profile: str, env: Mapping[str, str] | None = None) -> Check:
+    """The gpu profile needs torch to see a GPU: asked of a fresh Python (gpus.inspect), never
+    this process (no CUDA context in the harness); a CPU build of torch, a torch built for a newer
+    CUDA than the driver, CUDA_VISIBLE_DEVICES or a missing /dev/nvidia-uvm is named with its fix."""
+    if profile != "gpu":  # without starting torch (~2 s): preflight runs before every run
         return Check("gpu", True, f"none needed: profile {profile} trains on the CPU")
-    import torch
+    from autoresearch.gpus import inspect
 
-    if torch.cuda.is_available():
-        return Check("gpu", True, f"{torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible)")
-    build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}"
-    return Check("gpu", False, f"profile gpu but no CUDA device is visible ({build})",
-                 "use --profile cpu, or install a CUDA build of torch and check CUDA_VISIBLE_DEVICES")
+    report = inspect(os.environ if env is None else env)
+    if report.ok:
+        return Check("gpu", True, report.detail)
+    return Check("gpu", False, f"profile gpu but no CUDA device is visible to torch: {report.detail}", report.fix)
 
 
 def check_data(repo_root: Path, profile: str, env: Mapping[str, str]) -> Check:

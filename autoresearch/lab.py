@@ -126,13 +126,13 @@ def _number(node) -> float | None:
 
 
 def detect_profile() -> str:
-    """The lab's default profile: gpu when CUDA is available."""
-    try:
-        import torch
+    """The lab's default profile: gpu when this machine has a GPU, whether or not torch can use
+    it (then the gpu check says why not and the fix, instead of the night quietly training the
+    cpu profile); cpu otherwise. Asked of a fresh Python: the harness never starts CUDA."""
+    from autoresearch.gpus import inspect
 
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    report = inspect()
+    return "gpu" if report.ok or report.present else "cpu"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from autoresearch.errors import AutoresearchError
+from autoresearch.gpus import pin_env
 from autoresearch.trainers import Handle, LocalTrainer, TrainJob, TrainOutput, cancelled_output, lost_output
 
 PROBE_TIMEOUT = 120.0
@@ -50,7 +50,7 @@ class _LocalSlot:
 def probe_gpu(gpu: str, env: dict, probe: Sequence[str] | None = None) -> bool:
     """Whether GPU `gpu` still answers a fresh process."""
     try:
-        done = subprocess.run(list(probe or GPU_PROBE), env={**env, "CUDA_VISIBLE_DEVICES": gpu}, capture_output=True,
+        done = subprocess.run(list(probe or GPU_PROBE), env={**env, **pin_env(gpu, env)}, capture_output=True,
                               timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -58,7 +58,8 @@ def probe_gpu(gpu: str, env: dict, probe: Sequence[str] | None = None) -> bool:
 
 
 class LocalTrainerPool:
-    """One worker per entry of `gpus` (a GPU index, or None for no pinning)."""
+    """One worker per entry of `gpus` (a CUDA_VISIBLE_DEVICES entry from gpus.worker_gpus: an
+    index, GPU-... or MIG-...; or None for no pinning)."""
 
     def __init__(self, gpus: Sequence[str | None], scratch_root: Path, base_env: dict | None = None,
                  wrap: Callable | None = None, probe: Sequence[str] | None = None):
@@ -67,7 +68,7 @@ class LocalTrainerPool:
         self.scratch_root = Path(scratch_root)
         self.slots = []
         for i, gpu in enumerate(gpus):
-            name = f"w{i}" + (f"/gpu{gpu}" if gpu is not None else "")
+            name = f"w{i}" + ("" if gpu is None else f"/gpu{gpu}" if gpu.isdigit() else f"/{gpu[:12]}")
             self.slots.append(_LocalSlot(i, LocalTrainer(name, gpu, self.scratch_root, self.base_env, wrap=wrap)))
         self.queue: list[Handle] = []
         self.unclaimed: list[Handle] = []
@@ -199,20 +200,3 @@ class LocalTrainerPool:
             self._dispatch()
             self._changed.notify_all()
 
-
-def local_gpus(text: str | None) -> list[str]:
-    """--gpus as a list of indices; "all" asks nvidia-smi."""
-    from autoresearch.config import parse_gpus
-
-    gpus = parse_gpus(text) if text else []
-    if gpus is not None:
-        return gpus
-    try:
-        done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        raise AutoresearchError("--gpus all: nvidia-smi is not available here; name the GPUs (--gpus 0,1) "
-                                "or use --workers N") from None
-    found = [line for line in done.stdout.splitlines() if line.startswith("GPU ")]
-    if done.returncode != 0 or not found:
-        raise AutoresearchError("--gpus all: nvidia-smi -L lists no GPU")
-    return [str(i) for i in range(len(found))]

@@ -48,7 +48,8 @@ from autoresearch.ledger import Best, Ledger
 from autoresearch.live import Standing, View, make_view
 from autoresearch.proposers import Context, ProposerError, Usage
 from autoresearch.records import RunLock, RunState
-from autoresearch.runner import compile_cache_dirs, training_env
+from autoresearch.gpus import check_workers, pin_env
+from autoresearch.runner import training_defaults, training_env
 from autoresearch.trainers import TrainJob, TrainOutput
 from autoresearch.trials import Change, Launch, RunPaths, baseline_change, commit_message, make_row
 from autoresearch.trust import HANDOFF_ENV, Audited, drop_models, model_path, rebuild_hint
@@ -72,6 +73,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
         from autoresearch.proposers import get_proposer
 
         proposer = get_proposer(config.proposer, config.options)
+    check_workers(config)  # --ray imports, --gpus resolves and torch sees it: before anything exists
     if config.preflight:  # one line naming the fix, before results/<tag>/ exists or anything trains
         from autoresearch.doctor import preflight
 
@@ -272,8 +274,7 @@ class Run(opening.Lifecycle):
     def submit(self, launch: Launch) -> None:
         n, trial = launch.key
         env = self.lab.env(trial)
-        for name, folder in compile_cache_dirs({**os.environ, **env}).items():
-            env.setdefault(name, folder)
+        env.update(training_defaults({**os.environ, **env}))  # caches, allocator, device order (runner.py)
         job = TrainJob(n, trial, self.workspace.read_at(launch.change.commit), self.lab_files, env, self.lab.timeout,
                        command=self.config.training_command,
                        outputs={HANDOFF_ENV: MODEL_FILE} if self.trust.audit else {})
@@ -422,8 +423,9 @@ class Run(opening.Lifecycle):
         self.view.phase(launch.change.number, "auditing")
         with self.pool.reserve(launch.gpu) as gpu:
             env = training_env(os.environ, self.lab.env(launch.trial))
+            env.update(training_defaults(env))
             if gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = gpu
+                env.update(pin_env(gpu, env))  # in the order the workers are pinned in
             audited = self.trust.audit_keep(trained.model, trained.val_bpb, env)
         if not audited.ok:
             return Decision("crash", audited.reason), audited

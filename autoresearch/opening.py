@@ -105,9 +105,10 @@ def open_pool(config: RunConfig, trust: Trust, workers_root: Path, note: Callabl
             pool = RayTrainerPool(config.ray, config.workers)
         note(f"{pool.size} Ray workers on {config.ray}; training is unsandboxed on the cluster's nodes")
         return pool
-    from autoresearch.local_pool import LocalTrainerPool, local_gpus
+    from autoresearch.gpus import worker_gpus
+    from autoresearch.local_pool import LocalTrainerPool
 
-    gpus = local_gpus(config.gpus) if config.gpus else [None] * (config.workers or 1)
+    gpus = worker_gpus(config)  # checked by loop.run (gpus.check_workers) before anything was created
     wrap = None
     if trust.sandbox is not None:
         wrap = lambda argv, lab, out: trust.command(argv, lab, out)  # noqa: E731

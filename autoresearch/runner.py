@@ -75,6 +75,33 @@ def training_env(base: Mapping[str, str], extra: Mapping[str, str] | None = None
     return env
 
 
+ALLOC_CONF = "expandable_segments:True"  # upstream's setting: less fragmentation, fewer OOMs near the limit
+
+
+def compile_cache_dirs(env: Mapping[str, str]) -> dict[str, str]:
+    """torch.compile's caches and CUDA's JIT cache under the lab's cache root, kept across
+    experiments: most of a candidate's graphs are the best's, so Inductor and Triton reuse their
+    compiled kernels instead of paying the compile again every 5 minutes. Created here (the
+    training may not be able to create folders). A sandbox points them into its own writable
+    scratch folder instead (sandbox.py)."""
+    root = Path(env.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch").expanduser() / "compile"
+    dirs = {"TORCHINDUCTOR_CACHE_DIR": root / "inductor", "TRITON_CACHE_DIR": root / "triton",
+            "CUDA_CACHE_PATH": root / "cuda"}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {name: str(folder) for name, folder in dirs.items()}
+
+
+def training_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """What a training gets unless `env` (the environment it would run with) sets it: the
+    compile caches above, PyTorch's allocator as upstream configures it, and
+    CUDA_DEVICE_ORDER=PCI_BUS_ID so that a GPU index means nvidia-smi's GPU of that index."""
+    defaults = {**compile_cache_dirs(env), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    if not env.get("PYTORCH_CUDA_ALLOC_CONF"):  # the older name of the same setting: the user's wins
+        defaults["PYTORCH_ALLOC_CONF"] = ALLOC_CONF
+    return {name: value for name, value in defaults.items() if not env.get(name)}
+
+
 # ---------------------------------------------------------------------------
 # Running and judging one training run
 
@@ -140,6 +167,9 @@ def judge(text: str, returncode: int | None, timed_out: bool, timeout: float) ->
     if timed_out:
         return result("timeout", f"timeout after {timeout:.0f} s")
     fail = diverged(text)
+    if fail is not None and returncode and fail != "FAIL" and "loss" not in fail.lower():
+        # a refusal, not a divergence: train.py's start-up check (`FAIL: profile gpu but no CUDA device: ...`)
+        return result("crash", f"exit {returncode}: {fail}"[:200])
     if fail is not None:
         return result("diverged", f"diverged: {fail}")
     if returncode:
@@ -183,14 +213,3 @@ def crash_reason(text: str, returncode: int) -> str:
     reason = f"exit {returncode}: {line}" if line else f"exit {returncode}"
     return reason if len(reason) <= 200 else reason[:197] + "..."
 
-
-def compile_cache_dirs(env: dict[str, str]) -> dict[str, str]:
-    """torch.compile's caches under the lab's cache root, kept across experiments: most of a
-    candidate's graphs are the best's, so Inductor and Triton reuse their compiled kernels
-    instead of paying the compile again every 5 minutes. Created here (the training may not
-    be able to create folders: a sandbox)."""
-    root = Path(env.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch").expanduser() / "compile"
-    dirs = {"TORCHINDUCTOR_CACHE_DIR": root / "inductor", "TRITON_CACHE_DIR": root / "triton"}
-    for folder in dirs.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    return {name: str(folder) for name, folder in dirs.items()}

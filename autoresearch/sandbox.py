@@ -112,9 +112,10 @@ class Sandbox:
             args += ["--remount-ro", str(home)]
         args += [*NAMESPACES, "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--chdir", str(worktree)]
         # Caches that default to $HOME (read-only here) go to the scratch folder, which persists
-        # across runs of this worktree: Triton and Inductor reuse their compiled kernels.
+        # across runs of this worktree: Triton, Inductor and CUDA's JIT reuse their compiled kernels.
         for name, sub in (("XDG_CACHE_HOME", "cache"), ("TRITON_CACHE_DIR", "triton"),
-                          ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("MPLCONFIGDIR", "matplotlib")):
+                          ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("CUDA_CACHE_PATH", "cuda"),
+                          ("MPLCONFIGDIR", "matplotlib")):
             args += ["--setenv", name, str(scratch / sub)]
         args += ["--setenv", "TMPDIR", "/tmp", "--"]
         return args + list(argv)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping
 
+from autoresearch.gpus import pin_env
 from autoresearch.process import kill_marked, kill_orphan
 from autoresearch.runner import RunResult, is_secret, run_training, training_env
 
@@ -119,7 +120,8 @@ def _check_relative(name: str) -> None:
 class LocalTrainer:
     """Runs TrainJobs one at a time in its own scratch folder, on one GPU (or none).
 
-    `gpu` becomes CUDA_VISIBLE_DEVICES for the run; None leaves the worker's own setting.
+    `gpu` becomes CUDA_VISIBLE_DEVICES for the run (an index, GPU-... or MIG-..., as gpus.py
+    resolved it), with CUDA_DEVICE_ORDER=PCI_BUS_ID unless set; None leaves the worker's own setting.
     `base_env` is the environment the training env is built from (credentials dropped by the
     runner's filter): this process's by default. One LocalTrainer per process: the runner's
     orphan handling assumes one training at a time per harness process (see docs/ray.md).
@@ -220,8 +222,8 @@ class LocalTrainer:
             _check_relative(relative)
             extra[name] = str(out / relative)
         extra.update({OUTPUT_ENV: str(out), WORKER_ENV: self.uid, JOB_ENV: self._token})
-        if self.gpu is not None:
-            extra["CUDA_VISIBLE_DEVICES"] = self.gpu
+        if self.gpu is not None:  # and CUDA_DEVICE_ORDER: an index means nvidia-smi's GPU of that index
+            extra.update(pin_env(self.gpu, base))
         return training_env(base, extra)
 
     def _collect(self, folder: Path, lab: Path, out: Path, job: TrainJob, result: RunResult) -> TrainOutput:

@@ -1,6 +1,7 @@
 """The coordinator (issue 11): N workers, one ledger, one best, one branch; through the real
 loop, git, processes and (in test_coordinator_ray.py) a real local Ray cluster."""
 
+import os
 import sys
 import threading
 import time
@@ -289,13 +290,14 @@ def test_max_hours_stops_every_launch_and_records_what_was_training(lab):
 
 
 def test_gpus_all_without_nvidia_smi_is_a_one_line_error(monkeypatch, tmp_path):
-    from autoresearch.local_pool import local_gpus
     from autoresearch.errors import AutoresearchError
+    from autoresearch.gpus import resolve_gpus
 
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(AutoresearchError, match="nvidia-smi"):
-        local_gpus("all")
-    assert local_gpus("2,3") == ["2", "3"]
+        resolve_gpus("all", os.environ)
+    assert resolve_gpus("2,3", os.environ) == ["2", "3"]
 
 
 def test_a_coordinator_run_resumed_without_worker_options_stays_with_the_coordinator(lab):

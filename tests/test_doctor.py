@@ -66,8 +66,8 @@ def test_a_disk_below_the_threshold_fails(tmp_path):
 @no_gpu
 def test_the_gpu_profile_without_a_gpu_fails_and_the_cpu_profile_passes(tmp_path):
     checks = {c.name: c for c in run_checks(REPO_ROOT, "gpu", "hparam", env={"AUTORESEARCH_CACHE": str(tmp_path)})}
-    assert not checks["gpu"].ok and "no CUDA device is visible" in checks["gpu"].detail
-    assert checks["gpu"].fix.startswith("use --profile cpu")
+    assert not checks["gpu"].ok and "no CUDA device is visible to torch" in checks["gpu"].detail
+    assert "CPU build" in checks["gpu"].detail and checks["gpu"].fix.endswith("or use --profile cpu")
     assert run_checks(REPO_ROOT, "cpu", "hparam", env={})[0].ok
 
 

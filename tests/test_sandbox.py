@@ -136,6 +136,24 @@ def test_a_hung_sandboxed_run_is_killed_on_timeout_with_everything_it_started(la
     assert not (tmp_path / "training.json").exists()
 
 
+@needs_bwrap
+def test_compile_and_cuda_jit_caches_are_writable_in_the_sandbox_and_outlive_the_run(layout, tmp_path):
+    # $HOME (CUDA's default ~/.nv/ComputeCache) and the lab cache are read-only in the sandbox
+    write = ("import os\nfor name in ('CUDA_CACHE_PATH', 'TRITON_CACHE_DIR', 'TORCHINDUCTOR_CACHE_DIR'):\n"
+             "    os.makedirs(os.environ[name], exist_ok=True)\n"
+             "    open(os.path.join(os.environ[name], 'kernel'), 'w').write(name)\n"
+             "print('wrote', os.environ['CUDA_CACHE_PATH'])\n")
+    (layout["worktree"] / "jit.py").write_text(write)
+    argv = SANDBOX.wrap([sys.executable, "jit.py"], worktree=layout["worktree"], run_dir=layout["run_dir"],
+                        cache_dir=layout["cache"], scratch=layout["scratch"])
+    env = {**training_env(os.environ), "CUDA_CACHE_PATH": str(layout["cache"] / "compile" / "cuda")}
+    result = run_training(layout["worktree"], layout["run_dir"] / "run.log", timeout=60, env=env, command=argv)
+    assert result.returncode == 0, result.log_path.read_text()
+    assert f"wrote {layout['scratch'] / 'cuda'}" in result.log_path.read_text()
+    assert (layout["scratch"] / "cuda" / "kernel").read_text() == "CUDA_CACHE_PATH"
+    assert (layout["scratch"] / "triton" / "kernel").is_file() and (layout["scratch"] / "inductor" / "kernel").is_file()
+
+
 def test_heldout_watch_sees_an_open_by_another_process_and_nothing_else(tmp_path):
     heldout, other = tmp_path / "heldout.npy", tmp_path / "train.npy"
     heldout.write_text("HELDOUT")

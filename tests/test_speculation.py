@@ -301,14 +301,17 @@ def test_kill_9_while_an_idea_is_asked_speculatively_then_resume_stops_the_orpha
 
 def test_training_gets_persistent_compile_caches_under_the_lab_cache(lab, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
-    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # an earlier test's torch may have set one
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH", "PYTORCH_ALLOC_CONF",
+                 "PYTORCH_CUDA_ALLOC_CONF"):  # an earlier test's torch may have set one
         monkeypatch.delenv(name, raising=False)
     show = ("import os; print('inductor', os.environ['TORCHINDUCTOR_CACHE_DIR']); "
-            "print('triton', os.environ['TRITON_CACHE_DIR']); print('---'); print('val_bpb: 1.0')")
+            "print('triton', os.environ['TRITON_CACHE_DIR']); print('cuda', os.environ['CUDA_CACHE_PATH']); "
+            "print('alloc', os.environ['PYTORCH_ALLOC_CONF']); print('---'); print('val_bpb: 1.0')")
     # Unsandboxed: under the lab cache. (Sandboxed, the sandbox points them into the run's own
     # scratch folder, which also lives from one experiment to the next.)
     run(config(lab, max_experiments=1, training_command=[sys.executable, "-c", show], sandbox="off"),
         proposer=ScriptedProposer([]), view=RecordingView())
     log = (lab / "results/t/runs/0000/run.log").read_text()
     assert f"inductor {tmp_path / 'cache/compile/inductor'}" in log and f"triton {tmp_path / 'cache/compile/triton'}" in log
+    assert f"cuda {tmp_path / 'cache/compile/cuda'}" in log and "alloc expandable_segments:True" in log
     assert (tmp_path / "cache/compile/inductor").is_dir()

@@ -30,6 +30,7 @@ if folder:
     os.replace(tmp, os.path.join(folder, f"{os.getpid()}.pid"))
 print("ppid", supervisor)
 print("cuda", os.environ.get("CUDA_VISIBLE_DEVICES"))
+print("order", os.environ.get("CUDA_DEVICE_ORDER"))
 print("omp", os.environ.get("OMP_NUM_THREADS"))
 print("secrets", [k for k in os.environ if "KEY" in k or "TOKEN" in k])
 with open(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "model.bin"), "wb") as f:
