@@ -78,15 +78,26 @@ def run_demo(repo: Path | None = None, budget: float = BUDGET, experiments: int 
     return outcome.exit_code
 
 
+def decided_on(row, experiment) -> str:
+    """What a verdict row was decided on: the experiment's mean with its trials (`mean 2.709930 of
+    2 trials`) or `1 trial`; nothing on a trial row, which decided nothing."""
+    if row.status not in ("keep", "discard") or row != experiment.last:
+        return ""
+    values = experiment.values
+    return f"mean {experiment.mean:.6f} of {len(values)} trials" if len(values) > 1 else "1 trial"
+
+
 def summarize(root: Path, tag: str, outcome: RunOutcome, console: Console | None = None) -> None:
     console = console or Console()
     ledger = Ledger(root / "results" / tag)
     table = Table(title=f"demo run '{tag}'", header_style="bold")
-    for name in ("#", "trial", "commit", "val_bpb", "status", "description"):
+    for name in ("#", "trial", "commit", "val_bpb", "status", "decided on", "description"):
         table.add_column(name, justify="right" if name in ("#", "trial", "val_bpb") else "left")
+    means = {exp.number: exp for exp in ledger.experiments()}
     for row in ledger.rows():
         val = row.reason if row.status == "crash" else f"{row.val_bpb:.6f}"
-        table.add_row(str(row.experiment), str(row.trial or 1), row.commit, val, row.status, row.description)
+        table.add_row(str(row.experiment), str(row.trial or 1), row.commit, val, row.status,
+                      decided_on(row, means[row.experiment]), row.description)
     console.print(table)
     experiments = ledger.experiments()
     baseline = experiments[0].mean if experiments and experiments[0].status == "keep" else None
@@ -98,7 +109,7 @@ def summarize(root: Path, tag: str, outcome: RunOutcome, console: Console | None
     console.print(
         f"results:  {root / 'results' / tag}/ (results.tsv, runs/NNNN/run.log, diff.patch)\n"
         f"branch:   autoresearch/{tag} (its tip is the best commit)\n"
-        f"report:   autoresearch report --tag {tag}\n"
+        f"report:   autoresearch report --tag {tag}   (or open {root / 'results' / tag / 'report.html'})\n"
         f"next:     autoresearch run --tag mar5 --proposer anthropic   (or openai, hparam, command)",
         highlight=False,
         soft_wrap=True,

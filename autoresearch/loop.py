@@ -51,6 +51,7 @@ from git.exc import GitCommandError
 
 from autoresearch.config import LAB_VARIABLES, SEED, RunConfig, check_tag, from_cli
 from autoresearch.errors import AutoresearchError
+from autoresearch.html_report import write_html_report
 from autoresearch.keep_rule import Noise, Verdict, judge, pooled_noise
 from autoresearch.lab import detect_profile, lab_contract, lab_time_budget
 from autoresearch.ledger import Best, Experiment, Ledger
@@ -388,6 +389,7 @@ class Session:
             self.workspace.revert_to(self.best.commit)
         delta = None if previous.mean is None or not row.measured else float(row.val_bpb) - previous.mean
         self.view.row(row.as_dict(), delta, self.standing())
+        write_html_report(self.paths.dir, warn=self.view.note)  # results/<tag>/report.html; never raises
 
     # -- start and stop ----------------------------------------------------------------------
 
