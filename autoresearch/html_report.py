@@ -95,7 +95,7 @@ svg { width: 100%; height: auto; display: block; background: #fff; }
   body { font-size: 14px; padding: 6px; }
   table.pairs th { width: auto; }
   th, td { padding: 3px 5px; }
-  .wide { display: none; }
+  svg text { font-size: 26px; }  /* the 1000-unit-wide plot is scaled to a third on a phone */
 }
 """
 
