@@ -495,7 +495,8 @@ def by_proposer(experiments, kept: list[dict]) -> list[dict]:
             groups[key]["improvement"] += entry["delta"]
     for group_ in groups.values():
         n_decided = group_["keep"] + group_["discard"]
-        group_["keep_rate"] = group_["keep"] / n_decided if n_decided else None
+        changes = group_["proposer"] != "baseline"  # the baseline's keep is no kept change
+        group_["keep_rate"] = group_["keep"] / n_decided if n_decided and changes else None
         group_["improvement"] = round(group_["improvement"], 9)
         group_["cost_usd"] = round(group_["cost_usd"], 9)
     return list(groups.values())
