@@ -79,20 +79,20 @@ def run_demo(repo: Path | None = None, budget: float = BUDGET, experiments: int 
 
 
 def decided_on(row, experiment) -> str:
-    """What a verdict row was decided on: the experiment's mean with its trials (`mean 2.709930 of
-    2 trials`) or `1 trial`; nothing on a trial row, which decided nothing."""
+    """What a verdict row was decided on: the experiment's mean and its number of trials
+    (`2.709930 (2)`); nothing on a trial row, which decided nothing."""
     if row.status not in ("keep", "discard") or row != experiment.last:
         return ""
     values = experiment.values
-    return f"mean {experiment.mean:.6f} of {len(values)} trials" if len(values) > 1 else "1 trial"
+    return f"{experiment.mean:.6f} ({len(values)})"
 
 
 def summarize(root: Path, tag: str, outcome: RunOutcome, console: Console | None = None) -> None:
     console = console or Console()
     ledger = Ledger(root / "results" / tag)
     table = Table(title=f"demo run '{tag}'", header_style="bold")
-    for name in ("#", "trial", "commit", "val_bpb", "status", "decided on", "description"):
-        table.add_column(name, justify="right" if name in ("#", "trial", "val_bpb") else "left")
+    for name in ("#", "trial", "commit", "val_bpb", "status", "decided on (trials)", "description"):
+        table.add_column(name, justify="left" if name in ("commit", "status", "description") else "right")
     means = {exp.number: exp for exp in ledger.experiments()}
     for row in ledger.rows():
         val = row.reason if row.status == "crash" else f"{row.val_bpb:.6f}"

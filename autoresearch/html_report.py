@@ -247,7 +247,9 @@ def progress_svg(rows: list[dict], s: dict) -> str:
         return '<p class="meta">No measured experiment yet.</p>'
     base = (s["baseline"] or {}).get("val_bpb") or points[0][1]
     best = (s["best"] or {}).get("val_bpb") or base
-    low, high = y_range(base, best)
+    # from above the baseline down to the lowest mean: a discard below the best (within the
+    # noise) is drawn where it is, not clamped to the bottom edge
+    low, high = y_range(base, min(best, *(v for _, v, _ in points)))
     numbers = [p[0] for p in points] + crashes
     x0, x1 = min(numbers), max(numbers)
     x1 = x1 if x1 > x0 else x0 + 1

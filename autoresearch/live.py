@@ -92,8 +92,8 @@ def row_line(row: dict, delta: float | None) -> str:
     mean = row.get("mean_val_bpb")
     judged = row.get("delta")
     if judged is not None:
-        on = f"mean of {trial} trials" if mean is not None and trial > 1 else "1 trial"
-        change = f" ({float(judged):+.6f} vs the best, on the {on})"
+        on = f"the mean of {trial} trials" if mean is not None and trial > 1 else "1 trial"
+        change = f" ({float(judged):+.6f} vs the best, on {on})"
     else:
         change = f" ({delta:+.6f})" if delta is not None else ""
     means = f" mean={float(mean):.6f}" if mean is not None and trial > 1 else ""

@@ -109,7 +109,9 @@ def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
     n, k = summary["experiments"], summary.get("change_counts", summary["counts"])["keep"]
     title = f"{n} experiments, {k} changes kept" + (f"  ({summary['tag']})" if summary.get("tag") else "")
     if summary["baseline"] and summary["best"]:
-        low, high = y_range(summary["baseline"]["val_bpb"], summary["best"]["val_bpb"])
+        # down to the lowest discarded mean too: one below the best (within the noise) stays in view
+        lowest = min([summary["best"]["val_bpb"], *(mean for _, mean in _discards(rows))])
+        low, high = y_range(summary["baseline"]["val_bpb"], lowest)
     elif summary["baseline"]:
         low, high = y_range(summary["baseline"]["val_bpb"], summary["baseline"]["val_bpb"])
     else:

@@ -129,8 +129,6 @@ def test_in_chromium_every_experiment_is_on_the_page_and_a_diff_opens_in_place(n
 
 @needs_browser
 def test_an_ab_page_shows_the_arms_side_by_side(tmp_path):
-    from autoresearch.ab_report import ab_sections  # noqa: F401  (the A/B page reuses its sections)
-
     summary = {
         "tag": "ab1", "baseline": {"tag": "ab1", "commit": "c0", "val_bpb": 1.0, "trials": 2, "gpu_seconds": 60.0},
         "noise": {"sigma": 0.001, "dof": 1}, "max_experiments": 3, "plot": None,

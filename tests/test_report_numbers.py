@@ -3,7 +3,6 @@ the plot, the demo's table) it is shown on the value it was decided on, and coun
 experiments and changes, the baseline not counted as a kept change."""
 
 import io
-import os
 from pathlib import Path
 
 import pytest
@@ -58,7 +57,7 @@ def test_the_console_line_prints_the_delta_the_rule_used():
     line = row_line(row, 0.086955)  # the trial's own distance from the best: not what decided
     assert "mean=2.710509 (-0.000579 vs the best, on the mean of 2 trials)" in line and "+0.086955" not in line
     single = {"experiment": 2, "trial": 1, "status": "keep", "val_bpb": 0.99, "delta": -0.002, "description": "x"}
-    assert "(-0.002000 vs the best, on the 1 trial)" in row_line(single, -0.002)
+    assert "(-0.002000 vs the best, on 1 trial)" in row_line(single, -0.002)
     old = {"experiment": 3, "trial": 1, "status": "keep", "val_bpb": 0.99, "description": "x"}  # no delta column
     assert "(-0.001000)" in row_line(old, -0.001)
 
@@ -124,7 +123,7 @@ def test_the_demo_table_names_what_each_verdict_was_decided_on(night):
     ledger = Ledger(night)
     experiments = {e.number: e for e in ledger.experiments()}
     cells = [decided_on(row, experiments[row.experiment]) for row in ledger.rows()]
-    assert cells == ["", "mean 2.709930 of 2 trials", "", "mean 2.709000 of 2 trials", "1 trial", "", "1 trial"]
+    assert cells == ["", "2.709930 (2)", "", "2.709000 (2)", "2.900000 (1)", "", "2.500000 (1)"]
 
 
 def test_run_help_keeps_the_ray_extra_in_brackets():
