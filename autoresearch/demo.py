@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.html_report import write_html_report
 from autoresearch.lab import find_lab
 from autoresearch.loop import RunConfig, RunOutcome, run
 from autoresearch.proposers import ProposerOptions
@@ -74,6 +75,7 @@ def run_demo(repo: Path | None = None, budget: float = BUDGET, experiments: int 
         audit=audit,  # sandbox: auto, bubblewrap where it is installed
     )
     outcome = run(config, view=view)
+    write_html_report(root / "results" / tag)  # once more with the final state (done, not running)
     summarize(root, tag, outcome)
     return outcome.exit_code
 
