@@ -154,3 +154,16 @@ def test_the_page_reads_the_same_figures_as_report(night):
     text = html_report.page([(analysis.read_results(night / "results.tsv"), s)])
     assert f"{s['change_counts']['keep']}/{s['change_counts']['keep'] + s['change_counts']['discard']} changes" in text
     assert DIFF.splitlines()[0] in text
+
+
+def test_upstreams_five_columns_and_an_empty_run_make_a_page_too(tmp_path):
+    from test_report import UPSTREAM
+
+    (tmp_path / "results.tsv").write_text(UPSTREAM, encoding="utf-8")
+    table = analysis.read_results(tmp_path / "results.tsv")
+    text = html_report.page([(table, analysis.summarize(table))])
+    for line in UPSTREAM.splitlines()[1:]:
+        assert html.escape(line.split("\t")[4]) in text  # every experiment, `$p=0.1$` included
+    assert "<svg" in text and "3/5 changes" in text
+    empty = analysis.Table(tmp_path / "none" / "results.tsv", list(analysis.UPSTREAM_COLUMNS))
+    assert "No measured experiment yet" in html_report.page([(empty, analysis.summarize(empty, None, "x"))])
