@@ -100,11 +100,15 @@ svg { width: 100%; height: auto; display: block; background: #fff; }
 """
 
 
-def _document(title: str, body: list[str]) -> str:
+REFRESH_SECONDS = 120  # a page of a running run reloads itself: it is rewritten after every row
+
+
+def _document(title: str, body: list[str], running: bool = False) -> str:
     made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if running else "",
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>", f'<p class="meta">written {made} by autoresearch</p>',
         *body, "</body></html>", ""])
@@ -115,7 +119,7 @@ def page(runs: list[tuple[analysis.Table, dict]]) -> str:
     for table, s in runs:
         body += run_body(table, s)
     names = ", ".join(s["tag"] or Path(s["source"]).parent.name for _, s in runs)
-    return _document(f"autoresearch: {names}", body)
+    return _document(f"autoresearch: {names}", body, running=any(s["state"] == "running" for _, s in runs))
 
 
 def run_body(table: analysis.Table, s: dict) -> list[str]:

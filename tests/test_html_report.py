@@ -57,6 +57,15 @@ def test_the_page_is_self_contained_and_escapes_what_it_shows(night):
     assert "thrown away" in text and "$0.0200" in text  # speculation and what it cost
     assert "training ran (cpu)" in text and "GPU" not in text.split("<h2>Progress")[0]
     assert not list(night.glob(".report.html.*"))  # the tmp file was renamed into place
+    assert 'http-equiv="refresh"' not in text  # a finished run's page stays put
+
+
+def test_the_page_of_a_running_run_reloads_itself(night):
+    state = json.loads((night / "run.json").read_text())
+    (night / "run.json").write_text(json.dumps({**state, "state": "running", "pid": os.getpid()}))
+    text = html_report.write_html_report(night).read_text(encoding="utf-8")
+    assert f'<meta http-equiv="refresh" content="{html_report.REFRESH_SECONDS}">' in text
+    assert "figures are partial" in text
 
 
 def test_a_failure_is_one_warning_never_an_exception(tmp_path):
