@@ -326,12 +326,14 @@ def speculation_section(p: dict) -> Section:
     """Ideas asked for while the previous experiment trained, and what became of them."""
     section = Section("Speculation (ideas prepared while the previous experiment trained)")
     section.pairs = [
-        ("prepared", f"{p['prepared']}  ({p['fresh']} other experiments asked after their training)"),
+        ("prepared", f"{p['prepared']} of {p['prepared'] + p['fresh']} changes ({p['fresh']} asked only after "
+                     "the previous training)"),
         ("used as asked", str(p["used"])),
         ("rebased onto a newer best", str(p["rebased"])),
         ("thrown away", f"{p['discarded']} (overlapped a newer best; asked again), "
                         f"cost ${p['discarded_cost_usd']:.4f}"),
         ("failed", f"{p['failed']} (the proposer failed; asked again)"),
+        ("proposals that trained nothing", f"${p['proposal_cost_usd']:.4f} (run.json: thrown-away and failed asks)"),
     ]
     return section
 

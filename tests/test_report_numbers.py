@@ -103,6 +103,8 @@ def test_the_report_says_what_speculation_prepared_and_threw_away(night):
                                 "discarded_cost_usd": 0.02, "proposal_cost_usd": 0.025}
     text = text_report(s)
     assert "thrown away:" in text and "1 (overlapped a newer best; asked again), cost $0.0200" in text
+    assert "prepared:" in text and "4 of 4 changes (0 asked only after the previous training)" in text
+    assert "$0.0250 (run.json: thrown-away and failed asks)" in text
 
 
 def test_a_torn_last_line_is_one_note_in_report_and_status(night):
