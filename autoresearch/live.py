@@ -102,15 +102,17 @@ def row_line(row: dict, delta: float | None) -> str:
 
 def phase_line(state: ViewState, now: float) -> str:
     """What is happening now, with the clock of the phase. Past its budget a training is
-    evaluating (train.py's final eval), so that is what it says rather than a frozen `0:00 left`."""
+    evaluating (train.py's final eval; or still starting up, which the budget does not count
+    either), so that is what it says rather than a frozen `0:00 left`."""
     number = f"[{state.experiment:04d}] " if state.experiment is not None else ""
     elapsed = now - state.phase_since
     if state.phase == "training" and state.budget:
         left = state.budget - elapsed
         limit = f"(hard limit {clock(state.timeout or 0)})"
         if left <= 0:
-            return (f"{number}evaluating: training ran its {clock(state.budget)} budget, "
-                    f"{clock(elapsed)} elapsed {limit}")
+            # the budget counts training steps only: start-up came before it, evaluation after
+            return (f"{number}evaluating: {clock(elapsed)} elapsed, past the {clock(state.budget)} "
+                    f"training budget, which start-up and evaluation are not part of {limit}")
         return f"{number}training {clock(elapsed)} elapsed, ~{clock(left)} of budget left {limit}"
     if state.phase == "paused" and state.timeout:
         return f"{number}paused, retrying in {clock(state.timeout - elapsed)}"
