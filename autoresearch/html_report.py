@@ -18,7 +18,7 @@ from pathlib import Path
 from autoresearch import analysis
 from autoresearch.errors import AutoresearchError
 from autoresearch.plot import COMPARE_COLORS, y_range
-from autoresearch.report import Section, decided_text, run_sections
+from autoresearch.report import Section, compare_section, decided_text, run_sections
 
 PAGE = "report.html"
 DIFF_CHARS = 30_000  # per experiment: a diff past this is cut, with a pointer to the full file
@@ -115,7 +115,8 @@ def _document(title: str, body: list[str], running: bool = False) -> str:
 
 
 def page(runs: list[tuple[analysis.Table, dict]]) -> str:
-    body = []
+    """One run's page; several runs (`report --tag a --tag b --html F`) side by side first."""
+    body = [section_html(compare_section([s for _, s in runs]))] if len(runs) > 1 else []
     for table, s in runs:
         body += run_body(table, s)
     names = ", ".join(s["tag"] or Path(s["source"]).parent.name for _, s in runs)

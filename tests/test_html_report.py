@@ -176,3 +176,13 @@ def test_upstreams_five_columns_and_an_empty_run_make_a_page_too(tmp_path):
     assert "<svg" in text and "3/5 changes" in text
     empty = analysis.Table(tmp_path / "none" / "results.tsv", list(analysis.UPSTREAM_COLUMNS))
     assert "No measured experiment yet" in html_report.page([(empty, analysis.summarize(empty, None, "x"))])
+
+
+def test_several_runs_make_one_page_with_a_comparison_first(tmp_path):
+    runs = []
+    for tag in ("a", "b"):
+        folder = write_night(tmp_path / "results" / tag)
+        table = analysis.read_results(folder / "results.tsv")
+        runs.append((table, analysis.summarize(table, analysis.read_run(folder), tag)))
+    text = html_report.page(runs)
+    assert text.index("<h2>Comparison</h2>") < text.index('<section id="run-a">') < text.index('<section id="run-b">')
