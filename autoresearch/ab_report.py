@@ -162,7 +162,7 @@ def ab_sections(s: dict):
 
 
 def run_ab_report(root: Path, tag: str, as_json: bool = False, plot: Path | None = None,
-                  no_plot: bool = False, out=None) -> dict:
+                  no_plot: bool = False, out=None, html: Path | None = None) -> dict:
     from autoresearch.report import render
 
     out = out or sys.stdout
@@ -173,7 +173,14 @@ def run_ab_report(root: Path, tag: str, as_json: bool = False, plot: Path | None
         path = plot or Path(root) / "results" / tag / "ab.png"
         summary["plot"] = str(plot_arms(summary, path))
     if as_json:
-        out.write(json.dumps({"schema_version": 2, "ab": summary}, indent=2, ensure_ascii=False) + "\n")
+        from autoresearch.report import SCHEMA_VERSION as REPORT_SCHEMA
+
+        out.write(json.dumps({"schema_version": REPORT_SCHEMA, "ab": summary}, indent=2, ensure_ascii=False) + "\n")
     else:
         render(ab_sections(summary), out)
+    if html:
+        from autoresearch.html_report import write_ab_html
+
+        write_ab_html(Path(html), summary)
+        (sys.stderr if as_json else out).write(f"wrote the HTML report to {Path(html).resolve()}\n")
     return summary

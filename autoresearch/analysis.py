@@ -211,12 +211,14 @@ def summarize(table: Table, run: dict | None = None, tag: str | None = None,
     counts = Counter(e.status for e in decided)
     valid = [e for e in experiments if e.values]
     baseline = _experiment_brief(valid[0]) if valid else None
+    baselines = baseline_numbers(experiments)
+    changes = Counter(e.status for e in decided if e.number not in baselines)
     kept = kept_with_deltas(experiments, baseline, noise)
     best = best_of(experiments)
     best_brief = next((k for k in kept if k["experiment"] == best.experiment), None)
     improvement = round(baseline["val_bpb"] - best.mean, 9) if best.mean is not None and baseline else None
     hits = sorted((k for k in kept if k["delta"] is not None), key=lambda k: -k["delta"])
-    n_decided = counts["keep"] + counts["discard"]
+    n_decided = changes["keep"] + changes["discard"]
     return {
         "source": str(table.path.resolve()),
         "tag": tag,
@@ -226,7 +228,9 @@ def summarize(table: Table, run: dict | None = None, tag: str | None = None,
         "experiments": len(experiments),
         "trials": len(rows),
         "counts": {s: counts[s] for s in STATUSES},
-        "keep_rate": counts["keep"] / n_decided if n_decided else None,
+        "changes": sum(1 for e in experiments if e.number not in baselines),
+        "change_counts": {s: changes[s] for s in STATUSES},
+        "keep_rate": changes["keep"] / n_decided if n_decided else None,
         "baseline": baseline,
         "best": best_brief,
         "improvement": improvement,
@@ -238,13 +242,81 @@ def summarize(table: Table, run: dict | None = None, tag: str | None = None,
         "kept": kept,
         "heldout": heldout_check(kept, noise_of(experiments).sigma),
         "top_hits": hits,
-        "timing": timing(rows, run, len(experiments)),
+        "timing": timing(rows, run, len(experiments), device_of(table.path.parent, experiments)),
+        "speculation": speculation(experiments, table.path.parent, run),
         "crash_reasons": crash_reasons(rows, table.columns),
         "usage": usage(rows, len(hits)),
         "by_proposer": by_proposer(experiments, kept) if "proposer" in table.columns else [],
         "malformed": [{"line": n, "problem": p} for n, p in table.malformed],
         "torn_line": table.torn_line,
         "plot": None,
+    }
+
+
+def baseline_numbers(experiments) -> set[int]:
+    """The experiments that measured the unmodified train.py (role or proposer `baseline`); in a
+    file that names neither (upstream's five columns), its first experiment, by convention."""
+    named = {e.number for e in experiments
+             if "baseline" in (getattr(e.first, "role", None), getattr(e.first, "proposer", None))}
+    if named or not experiments:
+        return named
+    if any(getattr(e.first, "role", None) or getattr(e.first, "proposer", None) for e in experiments):
+        return set()
+    return {experiments[0].number}
+
+
+def kept_changes(experiments) -> int:
+    """Kept experiments that changed train.py: the baseline's keep is no change."""
+    baselines = baseline_numbers(experiments)
+    return sum(1 for e in experiments if e.decided and e.status == "keep" and e.number not in baselines)
+
+
+def device_of(folder: Path, experiments) -> str | None:
+    """The device the first measured trial trained on (`device:` in its run.log's summary, e.g.
+    `cpu` or `cuda:NVIDIA H100 80GB HBM3`); None when no log says."""
+    from autoresearch.summary import parse_summary
+
+    for exp in experiments[:3]:
+        if not exp.values:
+            continue
+        try:
+            text = (Path(folder) / "runs" / f"{int(exp.number):04d}" / "run.log").read_text(errors="replace")
+        except (OSError, ValueError):
+            continue
+        device = parse_summary(text).get("device")
+        if device:
+            return str(device)
+    return None
+
+
+SPECULATION = ("fresh", "used", "rebased", "discarded-asked-again", "failed-asked-again")
+
+
+def speculation(experiments, folder: Path, run: dict | None) -> dict:
+    """Ideas prepared while the previous experiment trained (the `speculation` column of each
+    experiment's first trial): used as asked, rebased onto a newer best, thrown away (overlapped
+    the new best; asked again) or failed; `fresh` experiments were asked for after the training.
+    The thrown-away ideas' cost is read from their proposal.json (`discarded`.usage); it is part
+    of run.json's proposal_cost_usd, which also holds failed proposals."""
+    counts = Counter(getattr(e.first, "speculation", None) or "" for e in experiments)
+    discarded = [e for e in experiments if (getattr(e.first, "speculation", None) or "").startswith("discarded")]
+    cost = 0.0
+    for exp in discarded:
+        try:
+            record = json.loads((Path(folder) / "runs" / f"{int(exp.number):04d}" / "proposal.json").read_text())
+            cost += float(((record.get("discarded") or {}).get("usage") or {}).get("cost_usd") or 0.0)
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    prepared = sum(counts[k] for k in SPECULATION[1:])
+    return {
+        "prepared": prepared,
+        "used": counts["used"],
+        "rebased": counts["rebased"],
+        "discarded": counts["discarded-asked-again"],
+        "failed": counts["failed-asked-again"],
+        "fresh": counts["fresh"],
+        "discarded_cost_usd": round(cost, 9),
+        "proposal_cost_usd": float((run or {}).get("proposal_cost_usd") or 0.0),
     }
 
 
@@ -371,7 +443,8 @@ def _run_info(run: dict | None) -> dict | None:
     return {key: run.get(key) for key in keys}
 
 
-def timing(rows: list[dict], run: dict | None, experiments: int | None = None) -> dict:
+def timing(rows: list[dict], run: dict | None, experiments: int | None = None,
+           device: str | None = None) -> dict:
     """Elapsed hours (first start to last finish, else run.json's span), experiments per hour,
     mean wall and training seconds per experiment."""
     walls = [r["wall_seconds"] for r in rows if r.get("wall_seconds") is not None]
@@ -391,6 +464,7 @@ def timing(rows: list[dict], run: dict | None, experiments: int | None = None) -
     timed = [r for r in rows if r.get("run_seconds") is not None and r.get("gpu_idle_seconds") is not None]
     busy, idle = sum(r["run_seconds"] for r in timed), sum(r["gpu_idle_seconds"] for r in timed)
     return {
+        "device": device,
         "gpu_training_share": busy / (busy + idle) if timed and busy + idle > 0 else None,
         "gpu_idle_seconds": idle if timed else None,
         "elapsed_hours": hours,
@@ -451,7 +525,8 @@ def by_proposer(experiments, kept: list[dict]) -> list[dict]:
             groups[key]["improvement"] += entry["delta"]
     for group_ in groups.values():
         n_decided = group_["keep"] + group_["discard"]
-        group_["keep_rate"] = group_["keep"] / n_decided if n_decided else None
+        changes = group_["proposer"] != "baseline"  # the baseline's keep is no kept change
+        group_["keep_rate"] = group_["keep"] / n_decided if n_decided and changes else None
         group_["improvement"] = round(group_["improvement"], 9)
         group_["cost_usd"] = round(group_["cost_usd"], 9)
     return list(groups.values())
@@ -468,7 +543,6 @@ def status_line(folder: Path) -> dict:
             table = None
     rows = table.rows if table else []
     experiments = experiments_of(rows)
-    kept = [e for e in experiments if e.decided and e.status == "keep"]
     best = best_of(experiments)
     activity = last_activity(folder)
     updated = parse_time((run or {}).get("updated_at"))
@@ -478,7 +552,7 @@ def status_line(folder: Path) -> dict:
         "tag": folder.name,
         "state": (run or {}).get("state") or "unknown",
         "experiments": len(experiments),
-        "kept": len(kept),
+        "kept": kept_changes(experiments),
         "best_val_bpb": best.mean,
         "last_activity": datetime.fromtimestamp(activity, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if activity else None,
@@ -486,4 +560,5 @@ def status_line(folder: Path) -> dict:
             {r["proposer"] for r in rows if r.get("proposer") and r["proposer"] != "baseline"})) or None,
         "model": (run or {}).get("model") or None,
         "malformed": len(table.malformed) if table else 0,
+        "torn_line": table.torn_line if table else None,
     }

@@ -87,7 +87,7 @@ def run(
     no_speculate: bool = typer.Option(False, "--no-speculate", help="Ask for the next proposal only after the last one trained (default: while it trains, for openai, anthropic and command)."),
     workers: int = typer.Option(None, "--workers", min=1, help="Train this many candidates at once, one shared best (CPU, tests; with --ray: actors, default the cluster's GPUs)."),
     gpus: str = typer.Option(None, "--gpus", help="One worker per GPU of this machine: 0,1,2,3 or all."),
-    ray: str = typer.Option(None, "--ray", help="Train on a Ray cluster: its address (HEAD:6379) or auto; git and results stay here. Needs autoresearch[ray]."),
+    ray: str = typer.Option(None, "--ray", help="Train on a Ray cluster: its address (HEAD:6379) or auto; git and results stay here. Needs autoresearch\\[ray]."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """Run experiments all night: propose one change, train, keep it if val_bpb went down beyond the noise."""
@@ -156,6 +156,7 @@ def report(
     root: Path = typer.Option(None, "--root", help="Checkout holding results/ (default: found above the current folder)."),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable summary (docs/report.md) instead of tables."),
     markdown: Path = typer.Option(None, "--markdown", help="Also write a Markdown report here, plot embedded by relative path."),
+    html: Path = typer.Option(None, "--html", help="Also write one self-contained HTML page here (plot, kept chain, every experiment and its diff)."),
     plot: Path = typer.Option(None, "--plot", help="Where to write the PNG (default: results/<tag>/progress.png)."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip the plot."),
     top: int = typer.Option(20, "--top", min=1, help="How many top hits to list."),
@@ -170,9 +171,9 @@ def report(
 
             if markdown:
                 raise AutoresearchError(f"--markdown is not available for the A/B {tag[0]} yet; use --json")
-            run_ab_report(_ab_root(root, tag[0]), tag[0], as_json, plot, no_plot)
+            run_ab_report(_ab_root(root, tag[0]), tag[0], as_json, plot, no_plot, html=html)
             return
-        run_report(tag or [], results or [], root, as_json, markdown, plot, no_plot, top, noise)
+        run_report(tag or [], results or [], root, as_json, markdown, plot, no_plot, top, noise, html=html)
 
 
 def _ab_root(root: Path | None, tag: str) -> Path | None:

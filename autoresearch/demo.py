@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.html_report import write_html_report
 from autoresearch.lab import find_lab
 from autoresearch.loop import RunConfig, RunOutcome, run
 from autoresearch.proposers import ProposerOptions
@@ -74,19 +75,31 @@ def run_demo(repo: Path | None = None, budget: float = BUDGET, experiments: int 
         audit=audit,  # sandbox: auto, bubblewrap where it is installed
     )
     outcome = run(config, view=view)
+    write_html_report(root / "results" / tag)  # once more with the final state (done, not running)
     summarize(root, tag, outcome)
     return outcome.exit_code
+
+
+def decided_on(row, experiment) -> str:
+    """What a verdict row was decided on: the experiment's mean and its number of trials
+    (`2.709930 (2)`); nothing on a trial row, which decided nothing."""
+    if row.status not in ("keep", "discard") or row != experiment.last:
+        return ""
+    values = experiment.values
+    return f"{experiment.mean:.6f} ({len(values)})"
 
 
 def summarize(root: Path, tag: str, outcome: RunOutcome, console: Console | None = None) -> None:
     console = console or Console()
     ledger = Ledger(root / "results" / tag)
     table = Table(title=f"demo run '{tag}'", header_style="bold")
-    for name in ("#", "trial", "commit", "val_bpb", "status", "description"):
-        table.add_column(name, justify="right" if name in ("#", "trial", "val_bpb") else "left")
+    for name in ("#", "trial", "commit", "val_bpb", "status", "decided on (trials)", "description"):
+        table.add_column(name, justify="left" if name in ("commit", "status", "description") else "right")
+    means = {exp.number: exp for exp in ledger.experiments()}
     for row in ledger.rows():
         val = row.reason if row.status == "crash" else f"{row.val_bpb:.6f}"
-        table.add_row(str(row.experiment), str(row.trial or 1), row.commit, val, row.status, row.description)
+        table.add_row(str(row.experiment), str(row.trial or 1), row.commit, val, row.status,
+                      decided_on(row, means[row.experiment]), row.description)
     console.print(table)
     experiments = ledger.experiments()
     baseline = experiments[0].mean if experiments and experiments[0].status == "keep" else None
@@ -98,7 +111,7 @@ def summarize(root: Path, tag: str, outcome: RunOutcome, console: Console | None
     console.print(
         f"results:  {root / 'results' / tag}/ (results.tsv, runs/NNNN/run.log, diff.patch)\n"
         f"branch:   autoresearch/{tag} (its tip is the best commit)\n"
-        f"report:   autoresearch report --tag {tag}\n"
+        f"report:   autoresearch report --tag {tag}   (or open {root / 'results' / tag / 'report.html'})\n"
         f"next:     autoresearch run --tag mar5 --proposer anthropic   (or openai, hparam, command)",
         highlight=False,
         soft_wrap=True,

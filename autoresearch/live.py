@@ -25,7 +25,7 @@ from autoresearch.keep_rule import Noise
 from autoresearch.ledger import Best
 
 STATUS_STYLE = {"keep": "bold green", "discard": "dim", "crash": "bold red", "trial": "cyan"}
-TICKING_PHASES = ("proposing", "training", "paused")
+TICKING_PHASES = ("proposing", "training", "paused", "auditing")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class ViewState:
     def add_row(self, row: dict) -> None:
         self.rows.append(row)
         status = row["status"]
+        if status == "keep" and (row.get("role") in ("baseline", "repeat") or row.get("proposer") == "baseline"):
+            status = "baseline"  # the bar, not a kept change
         self.counts[status] = self.counts.get(status, 0) + 1
         self.input_tokens += int(row.get("input_tokens") or 0)
         self.output_tokens += int(row.get("output_tokens") or 0)
@@ -80,27 +82,38 @@ def clock(seconds: float) -> str:
 
 
 def row_line(row: dict, delta: float | None) -> str:
-    """One finished experiment as a log line, e.g. `[0003] keep val_bpb=0.991234 (-0.001200) ...`."""
+    """One finished trial as a log line, e.g. `[0003] keep val_bpb=0.991234 (-0.001200) ...`. The
+    change shown is the one the verdict used: the row's `delta` (the experiment's mean minus the
+    best's mean) where the loop logged it, else `delta` as given (this trial against the best)."""
     trial = row.get("trial") or 1
     head = f"[{int(row['experiment']):04d}] {row['status']}" + (f" (trial {trial})" if trial > 1 else "")
     if row["status"] == "crash":
         return f"{head} ({row['reason']}) {row['description']}"
-    change = f" ({delta:+.6f})" if delta is not None else ""  # against the best's mean
     mean = row.get("mean_val_bpb")
+    judged = row.get("delta")
+    if judged is not None:
+        on = f"the mean of {trial} trials" if mean is not None and trial > 1 else "1 trial"
+        change = f" ({float(judged):+.6f} vs the best, on {on})"
+    else:
+        change = f" ({delta:+.6f})" if delta is not None else ""
     means = f" mean={float(mean):.6f}" if mean is not None and trial > 1 else ""
     return f"{head} val_bpb={float(row['val_bpb']):.6f}{means}{change} {row['description']}"
 
 
 def phase_line(state: ViewState, now: float) -> str:
-    """What is happening now, with the clock of the phase."""
+    """What is happening now, with the clock of the phase. Past its budget a training is
+    evaluating (train.py's final eval; or still starting up, which the budget does not count
+    either), so that is what it says rather than a frozen `0:00 left`."""
     number = f"[{state.experiment:04d}] " if state.experiment is not None else ""
     elapsed = now - state.phase_since
     if state.phase == "training" and state.budget:
-        left = max(0.0, state.budget - elapsed)
-        return (
-            f"{number}training {clock(elapsed)} elapsed, ~{clock(left)} of budget left "
-            f"(hard limit {clock(state.timeout or 0)})"
-        )
+        left = state.budget - elapsed
+        limit = f"(hard limit {clock(state.timeout or 0)})"
+        if left <= 0:
+            # the budget counts training steps only: start-up came before it, evaluation after
+            return (f"{number}evaluating: {clock(elapsed)} elapsed, past the {clock(state.budget)} "
+                    f"training budget, which start-up and evaluation are not part of {limit}")
+        return f"{number}training {clock(elapsed)} elapsed, ~{clock(left)} of budget left {limit}"
     if state.phase == "paused" and state.timeout:
         return f"{number}paused, retrying in {clock(state.timeout - elapsed)}"
     return f"{number}{state.phase} {clock(elapsed)}"
@@ -127,8 +140,9 @@ def header(state: ViewState, now: float) -> Table:
     grid.add_row("noise (sigma)", str(state.standing.noise))
     grid.add_row(
         "experiments",
-        f"{state.standing.experiments}: {counts.get('keep', 0)} keep, {counts.get('discard', 0)} discard, "
-        f"{counts.get('crash', 0)} crash; {sum(counts.values())} trials   (running {clock(now - state.started)})",
+        f"{state.standing.experiments}: {counts.get('keep', 0)} kept, {counts.get('discard', 0)} discarded, "
+        f"{counts.get('crash', 0)} crashed{' besides the baseline' if counts.get('baseline') else ''}; "
+        f"{sum(counts.values())} trials   (running {clock(now - state.started)})",
     )
     grid.add_row(
         "tokens / cost",

@@ -20,15 +20,12 @@ that commit. When the best has moved since, a candidate that beat its base is no
 its row is a `discard` that says so, and its change is re-applied on the new best by a 3-way
 merge as a new experiment with role `combine`, measured and judged like any candidate.
 
-Crash consistency: results.tsv is the only record that counts. The Ledger owns it; the branch,
-the worktree and runs/NNNN follow its rows, so a kill -9 at any moment loses no finished trial
-and writes none twice. A trial's artefacts are written first, then its row is appended and
-fsynced (the commit point), and only then does the branch move. Every start moves the branch to
-the best named by the rows and stops what a killed run left running. Numbers are never reused:
-one handed out that never got a row stays unused. Trainings run in scratch folders of their
-workers; the run's records are compared with what the ledger last wrote after every training and
-before every append, and restored. Ctrl-C and SIGTERM stop every ask and training, leave the
-branch at the best and run.json `stopped`; the same command resumes.
+Crash consistency (docs/reliability.md): results.tsv is the only record that counts. A trial's
+artefacts are written first, then its row is appended and fsynced (the commit point), and only
+then does the branch move; every start moves the branch to the best the rows name and stops what
+a killed run left running. Numbers are never reused. Trainings run in their workers' scratch
+folders; the run's records are restored if a training changed them. Ctrl-C stops every ask and
+training, leaves the branch at the best and run.json `stopped`; the same command resumes.
 """
 
 import os
@@ -42,6 +39,7 @@ from autoresearch.asking import Asking, Idea, Prepared, Retry, rebase_train_py, 
 from autoresearch.config import RunConfig, from_cli
 from autoresearch.decide import Decision, Trained, decide, judge_run
 from autoresearch.errors import AutoresearchError
+from autoresearch.html_report import write_html_report
 from autoresearch.keep_rule import Noise, pooled_noise
 from autoresearch.lab import LabSettings, detect_profile
 from autoresearch.ledger import Best, Ledger
@@ -51,7 +49,8 @@ from autoresearch.records import RunLock, RunState
 from autoresearch.gpus import check_workers, pin_env
 from autoresearch.runner import training_defaults, training_env
 from autoresearch.trainers import TrainJob, TrainOutput
-from autoresearch.trials import Change, Launch, RunPaths, baseline_change, commit_message, make_row
+from autoresearch.trials import (Change, Launch, RunPaths, baseline_change, commit_message, make_row,
+                                 running_entries)
 from autoresearch.trust import HANDOFF_ENV, Audited, drop_models, model_path, rebuild_hint
 
 RunOutcome = opening.RunOutcome
@@ -385,7 +384,7 @@ class Run(opening.Lifecycle):
         usage = launch.usage if trial == 1 else Usage()
         row = make_row(change, trial, decision.status, reason, trained.result, usage, launch.started_at,
                        time.monotonic() - launch.t0, decision.verdict)
-        self.mark_trust(row, audited)
+        self.trust.mark(row, audited, watched=self.watching, remote=self.config.ray is not None)
         self.record(row, launch)
         drop_models(self.paths.run_dir(change.number), keep=trained.model if decision.status == "keep" else None)
         if trained.cache_changed:
@@ -453,18 +452,6 @@ class Run(opening.Lifecycle):
         self.queue.insert(0, Launch(combined, 1))
         return f"re-applied on it as experiment {m}"
 
-    def mark_trust(self, row, audited: Audited | None) -> None:
-        if self.trust.sandbox is not None and self.config.ray is None:
-            row.sandbox = "bwrap"
-        else:
-            row.sandbox = "watch" if self.watching else "none"
-        if not self.trust.audit:
-            row.audit = "off"
-        elif audited is not None:
-            row.audit = "pass" if audited.ok else "fail"
-            row.audit_val_bpb, row.heldout_bpb = audited.result.val_bpb, audited.result.heldout_bpb
-            row.audit_seconds = round(audited.result.seconds, 1)
-
     def record(self, row, launch: Launch) -> None:
         """Append the row (the commit point), then move the branch to the best."""
         tampered = self.ledger.restore()
@@ -481,6 +468,7 @@ class Run(opening.Lifecycle):
             self.workspace.revert_to(self.best.commit)
         delta = None if previous.mean is None or not row.measured else float(row.val_bpb) - previous.mean
         self.view.row(row.as_dict(), delta, self.standing())
+        write_html_report(self.paths.dir, warn=self.view.note)  # results/<tag>/report.html; never raises
 
     # -- asking --------------------------------------------------------------------------------
 
@@ -523,18 +511,8 @@ class Run(opening.Lifecycle):
         return True
 
     def running_entries(self) -> list[dict]:
-        """What trains now or waits for a worker, as history entries with status `running`."""
-        entries, seen = [], {exp.number for exp in self.ledger.experiments()}
-        for launch in self.in_flight():
-            c = launch.change
-            if not c.baseline and c.number not in seen:
-                seen.add(c.number)
-                entries.append(c.entry())
-        for idea in self.asking.ready:
-            p = idea.prepared.proposal
-            entries.append(Change(idea.number, "", idea.prepared.base, p.description, p.hypothesis,
-                                  self.proposer.name).entry())
-        return entries
+        recorded = {exp.number for exp in self.ledger.experiments()}
+        return running_entries(self.in_flight(), self.asking.ready, recorded, self.proposer.name)
 
     def asked(self, ask, prepared: Prepared) -> None:
         if prepared.interrupted is not None:
@@ -595,19 +573,11 @@ class Run(opening.Lifecycle):
     def context(self, n: int, train_py: str, feedback: str | None = None) -> Context:
         """A fresh context: nothing carries over from the last call but the rows."""
         program = Path(self.config.repo_root) / "program.md"
-        return Context(
-            program=program.read_text() if program.is_file() else "",
-            train_py=train_py,
-            lab_contract=self.lab.contract,
-            history=self.ledger.history(),
-            best={"commit": self.best.commit, "experiment": self.best.experiment, "val_bpb": self.best.mean,
-                  "trials": len(self.best.values)},
-            noise=self.ledger.noise().sigma,
-            workdir=self.workspace.path,
-            experiment=n,
-            profile=self.lab.profile,
-            feedback=feedback,
-        )
+        best = {"commit": self.best.commit, "experiment": self.best.experiment, "val_bpb": self.best.mean,
+                "trials": len(self.best.values)}
+        return Context(program.read_text() if program.is_file() else "", train_py, self.lab.contract,
+                       self.ledger.history(), self.workspace.path, n, self.lab.profile, feedback=feedback,
+                       best=best, noise=self.ledger.noise().sigma)
 
     # -- numbers, money, standing ----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from git.exc import GitCommandError
 
 from autoresearch.config import RunConfig, check_tag
 from autoresearch.errors import AutoresearchError
+from autoresearch.html_report import write_html_report
 from autoresearch.lab import LabSettings
 from autoresearch.ledger import Ledger
 from autoresearch.process import AGENT_MARKER, kill_marked, kill_orphan
@@ -260,11 +261,13 @@ class Lifecycle:
                 self.workspace.revert_to(self.best.commit)
             if self.ledger.state:
                 self.ledger.save_state(state="stopped")
+                write_html_report(self.paths.dir, warn=self.view.note)
         reap_workers(self.workers_root)
 
     def finish(self, why: str) -> RunOutcome:
         self.spend(self.asking.cancel()[0])
         self.ledger.save_state(state="done")
+        write_html_report(self.paths.dir, warn=self.view.note)  # the page says how the run ended
         self.pool.close()
         reap_workers(self.workers_root)
         best = f"best val_bpb {self.best.mean:.6f} at {self.best.commit}" if self.best.mean is not None else "no baseline yet"

@@ -2,7 +2,7 @@
 (rich on a TTY, plain text otherwise), JSON, Markdown and a progress plot.
 
 The figures come from autoresearch/analysis.py, the plot from autoresearch/plot.py; this module
-only lays them out. The JSON schema (`schema_version` 1) is documented in docs/report.md.
+only lays them out. The JSON schema (`schema_version`, SCHEMA_VERSION) is documented in docs/report.md.
 """
 
 import json
@@ -15,7 +15,7 @@ from pathlib import Path
 from autoresearch import analysis
 from autoresearch.errors import AutoresearchError
 
-SCHEMA_VERSION = 2  # 2: experiments are counted, not rows; best is a mean; trials, noise
+SCHEMA_VERSION = 3  # 2: experiments, not rows; best is a mean; trials, noise. 3: the baseline is no kept change
 PLAIN_DESCRIPTION = 72  # characters of a description in plain-text tables
 
 
@@ -38,7 +38,7 @@ class Section:
 def run_report(tags: list[str] | None = None, results: list[Path] | None = None,
                root: Path | None = None, as_json: bool = False, markdown: Path | None = None,
                plot: Path | None = None, no_plot: bool = False, top: int = 20,
-               noise: float = analysis.NOISE_BPB, out=None) -> None:
+               noise: float = analysis.NOISE_BPB, out=None, html: Path | None = None) -> None:
     """Report one run, or compare several side by side. Malformed rows are skipped and, after
     the report is written, raised as one AutoresearchError naming their line numbers."""
     out = out or sys.stdout
@@ -59,10 +59,21 @@ def run_report(tags: list[str] | None = None, results: list[Path] | None = None,
         payload["compare_plot"] = compare_plot
     if markdown:
         write_markdown(Path(markdown), summaries, compare_plot, top)
+    if html:
+        from autoresearch.html_report import write_html
+
+        write_html(Path(html), runs)
     if as_json:
         out.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     else:
         render(report_sections(summaries, top), out)
+        for summary in summaries:
+            if summary["torn_line"]:
+                out.write(torn_note(summary["source"], summary["torn_line"]) + "\n")
+    notes = sys.stderr if as_json else out
+    for label, path in (("Markdown report", markdown), ("HTML report", html)):
+        if path:
+            notes.write(f"wrote the {label} to {Path(path).resolve()}\n")
     malformed = [(s["source"], m) for s in summaries for m in s["malformed"]]
     if malformed:
         where = "; ".join(f"{Path(src).name} line {m['line']}: {m['problem']}" for src, m in malformed[:5])
@@ -80,7 +91,7 @@ def run_status(root: Path | None = None, as_json: bool = False, out=None) -> Non
                              ensure_ascii=False) + "\n")
         return
     section = Section(f"Runs under {root / 'results'}", headers=[
-        "tag", "state", "experiments", "kept", "best val_bpb", "last activity", "proposer"])
+        "tag", "state", "experiments", "kept changes", "best val_bpb", "last activity", "proposer"])
     for line in lines:
         proposer = " ".join(p for p in (line["proposer"], line["model"]) if p)
         section.rows.append([line["tag"], line["state"], str(line["experiments"]), str(line["kept"]),
@@ -88,6 +99,14 @@ def run_status(root: Path | None = None, as_json: bool = False, out=None) -> Non
     if not lines:
         section.note = "No runs yet; start one with `autoresearch run`."
     render([section], out)
+    for line in lines:
+        if line["torn_line"]:
+            out.write(torn_note(str(root / "results" / line["tag"] / "results.tsv"), line["torn_line"]) + "\n")
+
+
+def torn_note(source: str, line: int) -> str:
+    return (f"note: {source} line {line} was cut off mid-write (a run killed while appending); "
+            "skipped, and the next append of that run removes it")
 
 
 def load_runs(tags: list[str], results: list[Path], root: Path | None,
@@ -133,13 +152,11 @@ def report_sections(summaries: list[dict], top: int) -> list[Section]:
 def run_sections(s: dict, top: int) -> list[Section]:
     name = s["tag"] or s["source"]
     overview = Section(f"Run {name}" + (f" ({s['state']})" if s["state"] else ""))
-    counts = s["counts"]
     overview.pairs = [
         ("source", s["source"]),
         ("state", _state(s)),
-        ("experiments", f"{s['experiments']}  (keep {counts['keep']}, discard {counts['discard']}, "
-                        f"crash {counts['crash']}; {s['trials']} trials)"),
-        ("keep rate", f"{counts['keep']}/{counts['keep'] + counts['discard']} = {_pct(s['keep_rate'])}"),
+        ("experiments", experiments_text(s)),
+        ("keep rate", keep_rate_text(s)),
         ("baseline val_bpb", _bpb((s["baseline"] or {}).get("val_bpb"))),
         ("best val_bpb", _bpb((s["best"] or {}).get("val_bpb"))
          + (f"  (experiment {s['best']['experiment']}, {s['best']['commit']})" if s["best"] else "")),
@@ -166,8 +183,7 @@ def run_sections(s: dict, top: int) -> list[Section]:
             ("mean wall per experiment", _num(t["mean_wall_seconds"], "{:.1f} s")),
         ]
     if t.get("gpu_training_share") is not None:
-        overview.pairs.append(("GPU busy", f"the GPU trained {100 * t['gpu_training_share']:.1f}% of the night "
-                                           f"({t['gpu_idle_seconds']:.0f} s idle between trainings)"))
+        overview.pairs.append(busy_pair(t))
     if u["cost_usd"] is not None or u["input_tokens"] is not None:
         tokens = (u["input_tokens"] or 0) + (u["output_tokens"] or 0)
         overview.pairs += [
@@ -184,6 +200,8 @@ def run_sections(s: dict, top: int) -> list[Section]:
         overview.pairs.append(("plot", s["plot"]))
     overview.note = _verdict(s)
     sections = [overview]
+    if (s.get("speculation") or {}).get("prepared"):
+        sections.append(speculation_section(s["speculation"]))
 
     if s["kept"]:
         kept = Section("Kept experiments, in order (val_bpb = mean ± half-range of its trials; "
@@ -198,23 +216,27 @@ def run_sections(s: dict, top: int) -> list[Section]:
         sections.append(kept)
     h = s.get("heldout") or {}
     if h.get("steps"):
-        table = Section("Validation and held-out along the kept chain (audited; the proposer never sees held-out)",
-                        headers=["experiment", "commit", "val_bpb", "held-out", "val gain", "held-out gain", ""],
+        decided = {k["experiment"]: k for k in s["kept"]}
+        table = Section("Validation and held-out along the kept chain (audited: one trial's model re-evaluated; "
+                        "the proposer never sees held-out)",
+                        headers=["experiment", "commit", "decided on", "audited val", "held-out", "val gain",
+                                 "held-out gain", ""],
                         note=("held-out diverges from val: a kept change fitted the validation set (held-out "
                               "gained less than val by more than half the gain and "
                               f"{h['threshold']:.0e}); see the flagged rows") if h["diverges"] else "")
         for step in h["steps"]:
-            table.rows.append([str(step["experiment"]), step["commit"] or "", _bpb(step["val_bpb"]),
+            table.rows.append([str(step["experiment"]), step["commit"] or "",
+                               decided_text(decided.get(step["experiment"])), _bpb(step["val_bpb"]),
                                _bpb(step["heldout_bpb"]), _gain(step["val_gain"]), _gain(step["heldout_gain"]),
                                "overfit val?" if step["diverges"] else ""])
         sections.append(table)
     if s["top_hits"]:
         hits = Section(f"Top hits by gain (top {min(top, len(s['top_hits']))} of {len(s['top_hits'])})",
-                       headers=["rank", "gain", "val_bpb", "experiment", "description"])
+                       headers=["rank", "gain", "val_bpb (mean)", "trials", "experiment", "description"])
         for rank, k in enumerate(s["top_hits"][:top], start=1):
-            hits.rows.append([str(rank), _gain(k["delta"]), _bpb(k["val_bpb"]), str(k["experiment"]),
-                              k["description"] or ""])
-        hits.rows.append(["", _gain(sum(k["delta"] for k in s["top_hits"])), "", "", "total over baseline"])
+            hits.rows.append([str(rank), _gain(k["delta"]), _bpb(k["val_bpb"]), str(k.get("trials") or 1),
+                              str(k["experiment"]), k["description"] or ""])
+        hits.rows.append(["", _gain(sum(k["delta"] for k in s["top_hits"])), "", "", "", "total over baseline"])
         sections.append(hits)
     if s["crash_reasons"]:
         sections.append(Section("Crash reasons", headers=["count", "reason"],
@@ -242,7 +264,7 @@ def compare_section(summaries: list[dict]) -> Section:
         ("proposer", lambda s: ", ".join(sorted({g["proposer"] + (f"/{g['model']}" if g["model"] else "")
                                                  for g in s["by_proposer"] if g["proposer"] != "baseline"})) or "-"),
         ("experiments", lambda s: str(s["experiments"])),
-        ("kept / discarded / crashed", lambda s: "{keep} / {discard} / {crash}".format(**s["counts"])),
+        ("changes kept / discarded / crashed", lambda s: "{keep} / {discard} / {crash}".format(**s["change_counts"])),
         ("keep rate", lambda s: _pct(s["keep_rate"])),
         ("baseline val_bpb", lambda s: _bpb((s["baseline"] or {}).get("val_bpb"))),
         ("best val_bpb", lambda s: _bpb((s["best"] or {}).get("val_bpb"))),
@@ -261,6 +283,66 @@ def extra_trials_line(e: dict) -> str:
     changed = ", ".join(f"#{c['experiment']} {c['first_trial_alone']}->{c['final']}" for c in e["changed"][:5])
     return (f"{e['confirm_trials']} confirms of {e['confirmed_experiments']} candidates, {e['confirm_seconds']:.0f} s; "
             f"changed {len(e['changed'])} decisions of the first trial alone" + (f" ({changed})" if changed else ""))
+
+
+def experiments_text(s: dict) -> str:
+    """`4 (the baseline and 3 changes: 1 kept, 2 discarded, 0 crashed; 6 trials)`."""
+    c, n = s["change_counts"], s["changes"]
+    base = s["experiments"] - n
+    head = (f"the baseline and {n} change{'s' if n != 1 else ''}" if base == 1
+            else f"{base} baselines and {n} changes" if base else f"{n} changes")
+    return (f"{s['experiments']}  ({head}: {c['keep']} kept, {c['discard']} discarded, {c['crash']} crashed; "
+            f"{s['trials']} trials)")
+
+
+def keep_rate_text(s: dict) -> str:
+    c = s["change_counts"]
+    return f"{c['keep']}/{c['keep'] + c['discard']} changes = {_pct(s['keep_rate'])}  (the baseline not counted)"
+
+
+def decided_text(k: dict | None) -> str:
+    """The value a verdict was decided on: `2.709930 ± 0.084710 (mean of 2 trials)` or
+    `0.991234 (1 trial)`."""
+    if not k or k.get("val_bpb") is None:
+        return "-"
+    trials = k.get("trials") or 1
+    if trials > 1 and k.get("spread") is not None:
+        return f"{k['val_bpb']:.6f} ± {k['spread']:.6f} (mean of {trials} trials)"
+    return f"{k['val_bpb']:.6f} ({trials} trial{'s' if trials > 1 else ''})"
+
+
+def busy_pair(t: dict) -> tuple[str, str]:
+    """The training share of the run: "the GPU" only when a GPU trained, with the real span."""
+    share, idle = 100 * t["gpu_training_share"], t["gpu_idle_seconds"]
+    span = f" of {duration(t['elapsed_hours'] * 3600)}" if t.get("elapsed_hours") else ""
+    gpu = (t.get("device") or "").startswith("cuda")
+    who = "the GPU trained" if gpu else f"training ran ({t.get('device') or 'device unknown'})"
+    return ("GPU busy" if gpu else "training busy",
+            f"{who} {share:.1f}%{span} ({idle:.0f} s idle between trainings)")
+
+
+def duration(seconds: float) -> str:
+    """`5 min 12 s`, `7.9 h`."""
+    if seconds < 3600:
+        minutes, rest = divmod(int(round(seconds)), 60)
+        return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+    return f"{seconds / 3600:.1f} h"
+
+
+def speculation_section(p: dict) -> Section:
+    """Ideas asked for while the previous experiment trained, and what became of them."""
+    section = Section("Speculation (ideas prepared while the previous experiment trained)")
+    section.pairs = [
+        ("prepared", f"{p['prepared']} of {p['prepared'] + p['fresh']} changes ({p['fresh']} asked only after "
+                     "the previous training)"),
+        ("used as asked", str(p["used"])),
+        ("rebased onto a newer best", str(p["rebased"])),
+        ("thrown away", f"{p['discarded']} (overlapped a newer best; asked again), "
+                        f"cost ${p['discarded_cost_usd']:.4f}"),
+        ("failed", f"{p['failed']} (the proposer failed; asked again)"),
+        ("proposals that trained nothing", f"${p['proposal_cost_usd']:.4f} (run.json: thrown-away and failed asks)"),
+    ]
+    return section
 
 
 def _verdict(s: dict) -> str:

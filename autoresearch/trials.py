@@ -92,6 +92,21 @@ class Launch:
         return self.change.number, self.trial
 
 
+def running_entries(launches, ideas, recorded: set[int], proposer: str) -> list[dict]:
+    """What trains now or waits for a worker (launches, then asking.Idea), as history entries
+    with status `running`: the proposer sees what is being tried."""
+    entries, seen = [], set(recorded)
+    for launch in launches:
+        c = launch.change
+        if not c.baseline and c.number not in seen:
+            seen.add(c.number)
+            entries.append(c.entry())
+    for idea in ideas:
+        p = idea.prepared.proposal
+        entries.append(Change(idea.number, "", idea.prepared.base, p.description, p.hypothesis, proposer).entry())
+    return entries
+
+
 def make_row(change: Change, trial: int, status: str, reason: str, result: RunResult, usage: Usage,
              started_at: str, wall_seconds: float, verdict: Verdict | None) -> Row:
     """A trial's row. train.py is the proposer's to edit: a summary value that is not a finite

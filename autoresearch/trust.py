@@ -119,13 +119,6 @@ class Trust:
             note("warning: --audit off: kept rows are not re-evaluated (every row says audit=off)")
         return cls(audit == "on", box, lab, guard, prepare_py, scratch)
 
-    @property
-    def isolation(self) -> str:
-        """The row's `sandbox` column: bwrap, watch (unsandboxed, held-out watched) or none."""
-        if self.sandbox is not None:
-            return "bwrap"
-        return "watch" if self.guard is not None and self.guard.heldout else "none"
-
     def heldout_paths(self) -> list[Path]:
         return self.guard.heldout_paths() if self.guard is not None else []
 
@@ -149,6 +142,19 @@ class Trust:
         self.watch = None
         changes = self.cache_changes(full=False)
         return reasons + changes, bool(changes)
+
+    def mark(self, row, audited: Audited | None, watched: bool, remote: bool) -> None:
+        """A row's trust columns: how its training was isolated, and its audit."""
+        if self.sandbox is not None and not remote:
+            row.sandbox = "bwrap"
+        else:  # on Ray, or several unsandboxed workers: a held-out read could not be attributed
+            row.sandbox = "watch" if watched else "none"
+        if not self.audit:
+            row.audit = "off"
+        elif audited is not None:
+            row.audit = "pass" if audited.ok else "fail"
+            row.audit_val_bpb, row.heldout_bpb = audited.result.val_bpb, audited.result.heldout_bpb
+            row.audit_seconds = round(audited.result.seconds, 1)
 
     def cache_changes(self, full: bool) -> list[str]:
         """Quick (size, mtime) after every run; full (sha256) for a keep or when quick sees one."""

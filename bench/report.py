@@ -1,10 +1,12 @@
-"""Benchmark `autoresearch report` on a long run: text, JSON and the plot for a 10,000-row TSV.
+"""Benchmark `autoresearch report` on a long run: text, JSON, the plot and the HTML page for a
+10,000-row TSV (each experiment with a runs/NNNN/diff.patch, as the loop leaves them).
 
     python bench/report.py [--rows 10000] [--repeats 5]
 
 Writes its scratch under bench/out/ (ignored by git) and prints a table of median seconds. The
 goal is under 2 s for text + JSON + plot together, each run in a fresh interpreter
-(`python -m autoresearch report ...`), so imports count as the user would see them.
+(`python -m autoresearch report ...`), so imports count as the user would see them. Last, what the
+loop pays after every row: html_report.write_html_report() in-process (imports already done).
 """
 
 import argparse
@@ -63,6 +65,31 @@ def write_tsv(path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
+def write_diffs(folder: Path, rows: list[list[str]]) -> None:
+    """runs/NNNN/diff.patch per experiment: a one-line hyperparameter change, about 300 bytes."""
+    for row in rows:
+        run_dir = folder / "runs" / f"{int(row[5]):04d}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "diff.patch").write_text(
+            f"--- a/train.py\n+++ b/train.py\n@@ -60,7 +60,7 @@\n WARMUP_RATIO = 0.0\n-MATRIX_LR = 0.04\n"
+            f"+MATRIX_LR = 0.0{row[5][-2:]}  # {row[4]}\n WEIGHT_DECAY = 0.2\n")
+
+
+def html_in_process(folder: Path, repeats: int) -> tuple[list[float], list[float], int]:
+    """Wall and CPU seconds of write_html_report() as the loop calls it, and the page's size."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from autoresearch.html_report import write_html_report
+
+    write_html_report(folder)  # imports and a warm file cache, as in a running loop
+    walls, cpus = [], []
+    for _ in range(repeats):
+        began, cpu = time.perf_counter(), time.process_time()
+        page = write_html_report(folder)
+        walls.append(time.perf_counter() - began)
+        cpus.append(time.process_time() - cpu)
+    return walls, cpus, page.stat().st_size
+
+
 def timed(args: list[str]) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + sys) of one fresh `python -m autoresearch` run; CPU
     time is the steadier figure when other jobs share the machine."""
@@ -80,7 +107,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     out = Path(__file__).resolve().parent / "out" / "report"
-    tsv = write_tsv(out / "results.tsv", make_rows(args.rows))
+    rows = make_rows(args.rows)
+    tsv = write_tsv(out / "results.tsv", rows)
+    write_diffs(out, rows)
     cases = {
         "--help": ["--help"],
         "text only": ["report", "--results", str(tsv), "--no-plot"],
@@ -88,6 +117,7 @@ def main():
         "text + plot": ["report", "--results", str(tsv), "--plot", str(out / "progress.png")],
         "text + json + plot + md": ["report", "--results", str(tsv), "--plot", str(out / "progress.png"),
                                     "--json", "--markdown", str(out / "report.md")],
+        "text + html": ["report", "--results", str(tsv), "--no-plot", "--html", str(out / "page.html")],
     }
     print(f"{args.rows} rows ({tsv.stat().st_size / 1e6:.1f} MB), {args.repeats} runs each, fresh interpreter")
     print(f"{'case':<26}{'median s':>10}{'min s':>8}{'max s':>8}{'median cpu s':>14}")
@@ -95,6 +125,9 @@ def main():
         walls, cpus = zip(*(timed(argv) for _ in range(args.repeats)))
         print(f"{name:<26}{statistics.median(walls):>10.2f}{min(walls):>8.2f}{max(walls):>8.2f}"
               f"{statistics.median(cpus):>14.2f}")
+    walls, cpus, size = html_in_process(out, args.repeats)
+    print(f"{'loop: write_html_report':<26}{statistics.median(walls):>10.2f}{min(walls):>8.2f}{max(walls):>8.2f}"
+          f"{statistics.median(cpus):>14.2f}   (report.html {size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

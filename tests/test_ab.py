@@ -139,11 +139,14 @@ def test_ab_shares_one_baseline_interleaves_the_arms_and_reports_them_side_by_si
     assert summary["verdict"]["leader"] == "command"
     assert Path(summary["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    text = subprocess.run([sys.executable, "-m", "autoresearch", "report", "--tag", "x", "--no-plot"],
+    page = tmp_path / "ab.html"
+    text = subprocess.run([sys.executable, "-m", "autoresearch", "report", "--tag", "x", "--no-plot", "--html", str(page)],
                           cwd=lab, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0, text.stderr
     table = text.stdout
     assert "Arms side by side" in table and "kept / discarded / crashed" in table
+    assert f"wrote the HTML report to {page}" in table
+    assert "Arms side by side" in page.read_text() and "command: best 0.990000" in page.read_text()
     line = next(line for line in table.splitlines() if line.startswith("improvement"))
     assert "none kept" in line and "0.010000 ±" in line
     # each arm is a normal run for the ordinary report

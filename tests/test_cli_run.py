@@ -74,8 +74,8 @@ def test_run_logs_plain_lines_and_exits_0_when_the_limit_is_reached(lab, tmp_pat
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "[0000] keep val_bpb=1.000000 baseline" in lines
-    assert "[0001] keep val_bpb=0.990000 (-0.010000) set VAL 0.99" in lines
-    assert "[0002] discard val_bpb=0.995000 (+0.005000) set VAL 0.995" in lines
+    assert "[0001] keep val_bpb=0.990000 (-0.010000 vs the best, on 1 trial) set VAL 0.99" in lines
+    assert "[0002] discard val_bpb=0.995000 (+0.005000 vs the best, on 1 trial) set VAL 0.995" in lines
     assert lines[-1].startswith("done (--max-experiments 3): 3 experiments, best val_bpb 0.990000")
     assert [r.proposer for r in rows(lab)] == ["baseline", "command", "command"]
     assert_clean_at_best(lab)

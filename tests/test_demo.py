@@ -52,6 +52,9 @@ def test_demo_prepares_once_then_runs_the_baseline_and_three_hparam_experiments(
     assert "best val_bpb" in out and "vs the baseline 1.000000" in out
     assert f"results:  {root / 'results' / tags[1]}/ (results.tsv, runs/NNNN/run.log, diff.patch)\n" in out
     assert git.Repo(root).active_branch.name == "main" and not git.Repo(root).is_dirty()
+    page = (root / "results" / tags[1] / "report.html").read_text()  # the page the summary points to
+    assert f"(or open {root / 'results' / tags[1] / 'report.html'})" in out
+    assert f"Run {tags[1]} (done)" in page and "4  (the baseline and 3 changes:" in page
 
 
 @pytest.mark.slow

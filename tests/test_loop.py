@@ -132,6 +132,8 @@ def test_baseline_keep_discard_crash_are_logged_and_the_branch_ends_at_the_best(
     assert record["attempts"][0]["prompt"] == "prompt for experiment 2"
     assert record["attempts"][0]["raw"] == "raw reply VAL 0.995"
     assert "val_bpb:          0.995000" in (run2 / "run.log").read_text()
+    page = (lab / "results/t/report.html").read_text()  # rewritten after every row
+    assert "set VAL 0.995" in page and "+VAL = 0.995" in page and "exit 1: RuntimeError: boom" in page
     state = RunState.load(lab / "results/t/run.json")
     assert state["state"] == "done" and state["base_commit"].startswith(base)
     assert not (lab / "results/t/training.json").exists()
@@ -544,7 +546,7 @@ def test_live_view_renders_phase_best_counts_and_rows():
     console.print(render(state, now=160.0))
     text = console.export_text()
     assert "[0002] training 1:00 elapsed, ~4:00 of budget left" in text
-    assert "0.998000 ± 0.000100 over 2 trials (abc1234)" in text and "2: 1 keep, 0 discard, 1 crash" in text
+    assert "0.998000 ± 0.000100 over 2 trials (abc1234)" in text and "2: 1 kept, 0 discarded, 1 crashed" in text
     assert "0.000141 (1 dof)" in text
     assert "1,200 in, 300 out, $0.0123" in text and "timeout after 600 s" in text
     state.failed_cost_usd = 0.002

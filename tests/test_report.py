@@ -98,7 +98,8 @@ def test_upstream_format_gives_the_notebooks_figures(tmp_path):
     assert s["format"] == "upstream"
     assert s["experiments"] == 7
     assert s["counts"] == {"keep": 4, "discard": 2, "crash": 1}
-    assert s["keep_rate"] == pytest.approx(4 / 6)
+    assert s["keep_rate"] == pytest.approx(3 / 5)  # the baseline (row 0 by convention) is no change
+    assert s["changes"] == 6 and s["change_counts"] == {"keep": 3, "discard": 2, "crash": 1}
     assert s["baseline"]["val_bpb"] == 0.9979 and s["baseline"]["experiment"] == 0
     assert s["best"]["val_bpb"] == 0.985 and s["best"]["description"] == "halve batch size"
     assert s["improvement"] == pytest.approx(0.0129)
@@ -175,8 +176,8 @@ def test_plain_text_report_when_not_a_terminal(checkout):
     result = cli("report", "--tag", "new", "--no-plot", cwd=checkout / "results")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "experiments:" in out and "7  (keep 4, discard 2, crash 1; 7 trials)" in out
-    assert "4/6 = 66.7%" in out and "0.012900 (1.29%)" in out
+    assert "experiments:" in out and "7  (the baseline and 6 changes: 3 kept, 2 discarded, 1 crashed; 7 trials)" in out
+    assert "3/5 changes = 60.0%" in out and "0.012900 (1.29%)" in out
     assert "best experiment:" in out and "halve batch size" in out
     assert "+0.007900" in out and "total over baseline" in out
     assert "\x1b[" not in out and "┃" not in out  # no colours, no box drawing
@@ -200,13 +201,13 @@ def test_json_summary_is_stable_and_complete(checkout):
     result = cli("report", "--tag", "old", "--json", "--no-plot", "--root", str(checkout))
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["schema_version"] == report.SCHEMA_VERSION == 2
+    assert data["schema_version"] == report.SCHEMA_VERSION == 3
     (run,) = data["runs"]
     assert set(run) == {
         "source", "tag", "format", "state", "run", "experiments", "counts", "keep_rate", "baseline", "best",
         "improvement", "improvement_pct", "noise_threshold", "improvements", "within_noise", "kept",
         "top_hits", "timing", "crash_reasons", "usage", "by_proposer", "malformed", "torn_line", "plot",
-        "trials", "noise", "heldout"}
+        "trials", "noise", "heldout", "changes", "change_counts", "speculation"}
     assert run["tag"] == "old" and run["best"]["val_bpb"] == 1.0899
     assert run["kept"][1]["description"] == LONG.strip()  # unicode, unabridged
     assert run["source"] == str(checkout / "results" / "old" / "results.tsv")
@@ -219,7 +220,8 @@ def test_markdown_embeds_the_plot_by_relative_path_and_the_png_is_a_real_figure(
     png = checkout / "results" / "old" / "progress.png"
     text = md.read_text(encoding="utf-8")
     assert "![progress](../results/old/progress.png)" in text
-    assert "| keep rate | 3/4 = 75.0% |" in text and "学习率" in text
+    assert "| keep rate | 2/3 changes = 66.7%  (the baseline not counted) |" in text and "学习率" in text
+    assert result.stdout.strip().endswith(f"wrote the Markdown report to {md}")
     assert png.stat().st_size > 20_000
     image = matplotlib.image.imread(png)
     assert image.shape[:2] == (plot.SIZE[1] * plot.DPI, plot.SIZE[0] * plot.DPI)
@@ -265,7 +267,7 @@ def test_status_lists_every_run_with_state_count_and_best(checkout):
     assert result.exit_code == 0, result.output
     runs = {r["tag"]: r for r in json.loads(result.stdout)["runs"]}
     assert set(runs) == {"old", "new"}
-    assert runs["new"].items() >= {"state": "running", "experiments": 7, "kept": 4, "best_val_bpb": 0.985}.items()
+    assert runs["new"].items() >= {"state": "running", "experiments": 7, "kept": 3, "best_val_bpb": 0.985}.items()
     assert runs["old"]["state"] == "done" and runs["old"]["best_val_bpb"] == 1.0899
     text = cli("status", cwd=checkout).stdout
     assert "running" in text and "done" in text and "openai gpt-5" in text
@@ -349,7 +351,7 @@ def test_malformed_rows_are_named_by_line_and_valid_rows_still_count(tmp_path):
     assert len(table.rows) == 7
     result = cli("report", "--results", str(path), "--no-plot")
     assert result.exit_code == 1
-    assert "7  (keep 4, discard 2, crash 1; 7 trials)" in result.stdout  # the report of the valid rows
+    assert "7  (the baseline and 6 changes: 3 kept, 2 discarded, 1 crashed; 7 trials)" in result.stdout  # the report of the valid rows
     assert result.stderr.count("\n") == 1
     assert "3 malformed row(s) skipped" in result.stderr and "line 4" in result.stderr and "line 7" in result.stderr
 
