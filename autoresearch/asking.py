@@ -66,6 +66,7 @@ class Prepared:
     proposal: Proposal | None = None
     error: ProposerError | None = None
     interrupted: BaseException | None = None  # KeyboardInterrupt, SystemExit raised by the proposer
+    done: bool = False  # the ask has ended
 
     @property
     def usage(self) -> Usage:
@@ -77,8 +78,9 @@ class Prepared:
 class Asker:
     """One ask at a time, in a thread, in a scratch worktree."""
 
-    def __init__(self, proposer, scratch_root: Path, prefix: str = "ask"):
+    def __init__(self, proposer, scratch_root: Path, prefix: str = "ask", finished: threading.Event | None = None):
         self.proposer = proposer
+        self.finished = finished or threading.Event()  # set when the ask ends (shared by Asking)
         self.prefix = prefix  # the scratch worktree's name: ask-NNNN-xxxxxx (fix-... for a fix)
         self.scratch_root = Path(scratch_root)
         self._thread: threading.Thread | None = None
@@ -92,22 +94,26 @@ class Asker:
         return self._prepared is not None
 
     def start(self, ctx: Context, base: str, base_train_py: str, repo: Path) -> None:
-        """Ask for `ctx.experiment` in a new scratch worktree of `base` (a worktree of `repo`)."""
+        """Ask for `ctx.experiment` in a new scratch worktree of `base` (a worktree of `repo`),
+        or, for a proposer that edits no files (Proposer.edits_files), with the text alone."""
         self._drop_scratch()  # its own last one only: other speculators share the scratch root
-        path = self.scratch_root / f"{self.prefix}-{ctx.experiment:04d}-{uuid.uuid4().hex[:6]}"
-        _git(repo, "worktree", "add", "--quiet", "--detach", str(path), base)
+        path = None
+        if self.proposer.edits_files:  # an agent: it works in a checkout of its own
+            path = self.scratch_root / f"{self.prefix}-{ctx.experiment:04d}-{uuid.uuid4().hex[:6]}"
+            _git(repo, "worktree", "add", "--quiet", "--detach", str(path), base)
         self._scratch, self._repo = path, Path(repo)
-        ctx = replace(ctx, workdir=path, train_py=base_train_py)
+        ctx = replace(ctx, workdir=path or Path(repo), train_py=base_train_py)
         prepared = Prepared(ctx.experiment, base, base_train_py, ctx)
         self._prepared = prepared
         self._thread = threading.Thread(target=self._ask, args=(prepared, path), daemon=True,
                                         name=f"ask-{ctx.experiment}")
         self._thread.start()
 
-    def _ask(self, prepared: Prepared, scratch: Path) -> None:
+    def _ask(self, prepared: Prepared, scratch: Path | None) -> None:
         try:
             proposal = self.proposer.propose(prepared.ctx)
-            check_scratch(scratch, prepared.base, proposal)
+            if scratch is not None:
+                check_scratch(scratch, prepared.base, proposal)
             if proposal.train_py == prepared.base_train_py:
                 raise ProposerError("the proposal leaves train.py unchanged", proposal.usage, proposal.raw)
             prepared.proposal = proposal
@@ -117,11 +123,14 @@ class Asker:
             prepared.error = ProposerError(f"the proposer failed: {type(err).__name__}: {err}")
         except BaseException as exc:  # a Ctrl-C inside the proposer: the loop's thread re-raises it
             prepared.interrupted = exc
+        finally:
+            prepared.done = True
+            self.finished.set()
 
     @property
     def done(self) -> bool:
         """The ask in flight has finished (take() will not wait)."""
-        return self._prepared is not None and self._thread is not None and not self._thread.is_alive()
+        return self._prepared is not None and self._prepared.done
 
     def take(self) -> Prepared | None:
         """The prepared ask (waiting for it to finish), or None; the scratch is removed."""
@@ -223,11 +232,18 @@ class Asking:
     pauses: int = 0
     paused_until: float = 0.0
     clock: Callable[[], float] = time.monotonic
+    ask_ended: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float) -> None:
+        """Until an ask ends (or `timeout`)."""
+        if self.ask_ended.wait(timeout):
+            self.ask_ended.clear()
 
     def start(self, kind: str, number: int, record: dict, ctx: Context, base: str, base_train_py: str,
               repo: Path, crashed: tuple | None = None, while_training: bool = False, again: str = "") -> Ask:
         """Ask in a thread; a scratch worktree git cannot make raises ProposerError."""
-        asker = Asker(self.proposer, self.scratch_root, prefix="fix" if kind == "fix" else "ask")
+        asker = Asker(self.proposer, self.scratch_root, prefix="fix" if kind == "fix" else "ask",
+                      finished=self.ask_ended)
         ask = Ask(kind, number, asker, record, crashed, while_training, again)
         asker.start(ctx, base, base_train_py, repo)
         self.in_flight.append(ask)

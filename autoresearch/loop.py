@@ -181,7 +181,10 @@ class Run(opening.Lifecycle):
         if self.running:
             self.pool.wait(timeout=POLL_SECONDS)
             return
-        time.sleep(POLL_SECONDS / 4 if self.asking.in_flight or self.asking.paused else POLL_SECONDS / 20)
+        if self.asking.in_flight:
+            self.asking.wait(POLL_SECONDS)
+        else:
+            time.sleep(POLL_SECONDS / 4 if self.asking.paused else POLL_SECONDS / 20)
 
     # -- launching -----------------------------------------------------------------------------
 

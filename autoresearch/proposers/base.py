@@ -85,6 +85,7 @@ class Proposer:
     name: str = ""
     can_fix: bool = False  # shown a crashed change's log, it can propose a fix
     speculative: bool = False  # slow (an API call, an agent): worth asking while a training runs
+    edits_files: bool = True  # works on files in ctx.workdir (a scratch checkout of its own)
 
     def propose(self, ctx: Context) -> Proposal:
         raise NotImplementedError

@@ -235,6 +235,7 @@ def choose(params: list[Param], history: list[dict], rng: random.Random) -> tupl
 
 class HparamProposer(Proposer):
     name = "hparam"
+    edits_files = False  # text in, text out: no scratch checkout needed
     can_fix = False
 
     def __init__(self, options: ProposerOptions):

@@ -33,6 +33,7 @@ class ChatProposer(Proposer):
     """Base of the LLM backends; subclasses set `name` and implement `complete`."""
 
     name = "llm"
+    edits_files = False  # text in, text out: no scratch checkout needed
     can_fix = True
     speculative = True
 

@@ -141,6 +141,7 @@ def _r(x: float) -> float:
 
 class OptunaProposer(Proposer):
     name = "optuna"
+    edits_files = False  # text in, text out: no scratch checkout needed
     can_fix = False
 
     def __init__(self, options: ProposerOptions):
