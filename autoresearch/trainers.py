@@ -222,6 +222,9 @@ class LocalTrainer:
             _check_relative(relative)
             extra[name] = str(out / relative)
         extra.update({OUTPUT_ENV: str(out), WORKER_ENV: self.uid, JOB_ENV: self._token})
+        # The scratch folder may sit inside the user's repository (.autoresearch/workers/): git run
+        # by the training must not find that repository above it and commit to the user's branch.
+        extra["GIT_CEILING_DIRECTORIES"] = str(self.folder.resolve())
         if self.gpu is not None:  # and CUDA_DEVICE_ORDER: an index means nvidia-smi's GPU of that index
             extra.update(pin_env(self.gpu, base))
         return training_env(base, extra)

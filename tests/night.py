@@ -5,7 +5,7 @@ keep with its audit, speculation of every kind, and runs/NNNN/ with diffs, logs 
 import json
 from pathlib import Path
 
-from autoresearch.results import ResultsFile, Row
+from autoresearch.records import ResultsFile, Row
 
 DIFF = """--- a/train.py
 +++ b/train.py

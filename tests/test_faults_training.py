@@ -46,8 +46,11 @@ for step in range(3):
     print(f"step {step:05d} | loss {3.0 - step * 0.1:.4f}", flush=True)
 """
 
-# The user's results.tsv seen from the worktree (.autoresearch/worktrees/<tag>): three levels up.
-RESULTS = 'os.path.join("..", "..", "..", "results", os.path.basename(os.getcwd()), "results.tsv")'
+# The user's results/<tag>/ seen from a training's folder (.autoresearch/workers/<tag>/<worker>/<job>/lab):
+# unsandboxed, a training can reach it by a path; six levels up, the tag three.
+RUN_DIR = ('os.path.join(*[".."] * 6, "results", '
+           'os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.getcwd())))))')
+RESULTS = f'os.path.join({RUN_DIR}, "results.tsv")'
 FORGED_ROW = "\\t".join(["deadbee", "0.100000", "1.0", "keep", "forged by train.py", "1"] + [""] * (len(COLUMNS) - 6))
 
 # name -> (train.py, reason as a regular expression, timeout for the run)
@@ -98,7 +101,9 @@ for t in threads: t.join()
         r"^no summary \(exit 0\)$", 60),
     "writes_prepare_py": (script('open("prepare.py", "a").write("EVAL_TOKENS = 1\\n")\n', summary="1.5"),
                           r"^modified prepare\.py$", 60),
-    "deletes_a_tracked_file": (script('os.remove("program.md")\n', summary="1.5"), r"^modified program\.md$", 60),
+    # A training runs in its worker's folder holding the lab's files: the checkout's other files
+    # are not there to delete, and git finds no repository to commit to (GIT_CEILING_DIRECTORIES).
+    "deletes_a_tracked_file": (script('os.remove("program.md")\n', summary="1.5"), r"^exit 1: FileNotFoundError", 60),
     "writes_files_in_the_worktree": (
         script('os.makedirs("ckpt/deep", exist_ok=True)\nopen("ckpt/deep/model.pt", "wb").write(b"\\0" * 100)\n'
                'open(".hidden", "w").write("x")\nos.symlink("/etc/passwd", "link")\n', summary="1.5"),
@@ -108,10 +113,10 @@ for t in threads: t.join()
                'subprocess.run(["git", "commit", "-qam", "sneaky", "--author", "x <x@x>"], check=True,\n'
                '               env={**os.environ, "GIT_COMMITTER_NAME": "x", "GIT_COMMITTER_EMAIL": "x@x"})\n',
                summary="0.5"),
-        r"^changed the run branch", 60),
+        r"^modified prepare\.py", 60),
     "detaches_head": (
         script('subprocess.run(["git", "checkout", "-q", "--detach"], check=True)\n', summary="0.5"),
-        r"^changed the run branch", 60),
+        r"^exit 1: .*CalledProcessError", 60),
     "writes_to_results_tsv": (
         script(f'open({RESULTS}, "a").write("{FORGED_ROW}\\n")\n', summary="0.5"),
         r"^modified results\.tsv \(restored\)$", 60),
@@ -119,7 +124,7 @@ for t in threads: t.join()
                               r"^modified results\.tsv \(restored\)$", 60),
     "deletes_results_tsv": (script(f"os.remove({RESULTS})\n", summary="0.5"), r"^modified results\.tsv \(restored\)$", 60),
     "rewrites_run_json": (
-        script('p = os.path.join("..", "..", "..", "results", os.path.basename(os.getcwd()), "run.json")\n'
+        script(f'p = os.path.join({RUN_DIR}, "run.json")\n'
                'open(p, "w").write("{}")\n', summary="0.5"),
         r"^modified run\.json \(restored\)$", 60),
     "fills_memory": (
