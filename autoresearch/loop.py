@@ -60,6 +60,7 @@ from autoresearch.proposers import Context, Proposal, ProposerError, Usage
 from autoresearch.proposers.command import AGENT_MARKER
 from autoresearch.results import Row, RunLock, RunState, read_bytes, restore_bytes, utc_now
 from autoresearch.runner import RunResult, run_training, training_env
+from autoresearch.tracking import NoTracking, open_tracking
 from autoresearch.trust import HANDOFF_ENV, Audited, Trust, drop_models, model_path, rebuild_hint
 from autoresearch.scheduler import Speculator, rebase_train_py, speculates
 from autoresearch.workspace import Workspace
@@ -155,9 +156,11 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
                   {**os.environ, **config.extra_env})
     view = view or make_view(config.tag)
     paths.dir.mkdir(parents=True, exist_ok=True)
+    tracking = open_tracking(config.track, paths.dir, config.tag, view.note)  # --track: an observer, never raises
     try:
         with stop_signals_as_interrupt(), RunLock(paths.lock):
             session = session_class(config, RunState.load(paths.state))(config, proposer, view, paths)
+            session.tracking = tracking
             try:
                 session.start()
                 return session.loop()
@@ -167,6 +170,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None) -> RunOutcom
                 session.clean_up()  # a bug or a bad setup: still leave no training, no half change
                 raise
     finally:
+        tracking.close()  # waits a little for the last rows; a failure was one warning line
         view.close()
 
 
@@ -204,6 +208,7 @@ class Session:
     best are the Ledger's, the verdicts keep_rule's, git the Workspace's, processes the runner's."""
 
     reuses_numbers = True  # an experiment killed before its first row runs again under its number
+    tracking = NoTracking()  # run() sets the --track observer (tracking.py)
 
     def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths):
         self.config, self.proposer, self.view, self.paths = config, proposer, view, paths
@@ -388,6 +393,7 @@ class Session:
             self.workspace.revert_to(self.best.commit)
         delta = None if previous.mean is None or not row.measured else float(row.val_bpb) - previous.mean
         self.view.row(row.as_dict(), delta, self.standing())
+        self.tracking.log_row(row.as_dict())  # MLflow / W&B (--track): queued, never raises
 
     # -- start and stop ----------------------------------------------------------------------
 
