@@ -67,3 +67,19 @@ def _items(items) -> dict:
 
 def offline_runs(wandb_dir: Path) -> list[dict]:
     return [offline_run(folder) for folder in sorted(Path(wandb_dir).glob("offline-run-*"))]
+
+
+def runs_by_id(wandb_dir: Path) -> dict[str, dict]:
+    """The offline folders of one run id (a run resumed once per row) as that run after `wandb
+    sync`: history by step, the latest config, summary and exit code, every file and folder."""
+    merged: dict[str, dict] = {}
+    for folder in sorted(Path(wandb_dir).glob("offline-run-*")):
+        run = offline_run(folder)
+        into = merged.setdefault(run["id"], {**run, "history": {}, "files": [], "folders": []})
+        into["history"].update(run["history"])
+        into["config"] = {**into["config"], **run["config"]}
+        into["summary"] = {**into["summary"], **run["summary"]}
+        into["files"] += run["files"]
+        into["folders"].append(folder)
+        into["exit"] = run["exit"]
+    return merged
