@@ -88,6 +88,7 @@ def run(
     workers: int = typer.Option(None, "--workers", min=1, help="Train this many candidates at once, one shared best (CPU, tests; with --ray: actors, default the cluster's GPUs)."),
     gpus: str = typer.Option(None, "--gpus", help="One worker per GPU of this machine: 0,1,2,3 or all."),
     ray: str = typer.Option(None, "--ray", help="Train on a Ray cluster: its address (HEAD:6379) or auto; git and results stay here. Needs autoresearch\\[ray]."),
+    track: str = typer.Option(None, "--track", help="Also log every row to mlflow (results/<tag>/mlflow.db, or MLFLOW_TRACKING_URI) or wandb (WANDB_MODE=offline works offline)."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
     """Run experiments all night: propose one change, train, keep it if val_bpb went down beyond the noise."""
@@ -195,6 +196,24 @@ def status(
 
     with user_errors():
         run_status(root, as_json)
+
+
+# ---------------------------------------------------------------------------
+# export: a run's rows to a tracker (autoresearch/tracking.py)
+# ---------------------------------------------------------------------------
+
+
+@app.command()
+def export(
+    tag: str = typer.Option(..., "--tag", help="The run to export (results/<tag>/)."),
+    to: str = typer.Option(..., "--to", help="mlflow (results/<tag>/mlflow.db, or MLFLOW_TRACKING_URI) or wandb (WANDB_MODE=offline works offline)."),
+    root: Path = typer.Option(None, "--root", help="Checkout holding results/ (default: found above the current folder)."),
+):
+    """Log a run to MLflow or Weights & Biases: one tracker run per experiment; what it holds already is skipped."""
+    from autoresearch.tracking import export as export_run
+
+    with user_errors():
+        typer.echo(export_run(root, tag, to))
 
 
 # ---------------------------------------------------------------------------

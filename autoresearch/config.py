@@ -60,6 +60,7 @@ class RunConfig:
     workers: int | None = None  # trainings at once; None: one, or one per --gpus entry
     gpus: str | None = None  # "0,1,2,3", UUIDs, MIG ids or "all": one worker per GPU, pinned by CUDA_VISIBLE_DEVICES (gpus.py)
     ray: str | None = None  # a Ray cluster's address, or "auto": workers are Ray actors (ray_pool.py)
+    track: str | None = None  # mlflow | wandb: every row also goes to that tracker (tracking.py)
 
     def __post_init__(self):
         check_tag(self.tag)
@@ -85,6 +86,10 @@ class RunConfig:
             if gpus is not None and self.workers is not None and self.workers != len(gpus):
                 raise AutoresearchError(f"--workers {self.workers} but --gpus names {len(gpus)} GPUs; "
                                         f"one worker per GPU (drop --workers)")
+        if self.track is not None:
+            from autoresearch.tracking import tracker_class
+
+            tracker_class(self.track)  # a one-line error naming the pip command, before anything runs
         self.repo_root = Path(self.repo_root)
         if self.options.run_dir is None:
             self.options.run_dir = self.repo_root / "results" / self.tag

@@ -174,10 +174,9 @@ class Ledger:
     def noise(self) -> Noise:
         return noise_of(self.experiments())
 
-    def pending(self) -> Experiment | None:
-        """The experiment with trials but no verdict yet (a confirm or baseline repeat to run)."""
-        undecided = [exp for exp in self.experiments() if not exp.decided]
-        return undecided[-1] if undecided else None
+    def undecided(self) -> list[Experiment]:
+        """The experiments with trials but no verdict yet (a confirm or baseline repeat to run)."""
+        return [exp for exp in self.experiments() if not exp.decided]
 
     def history(self) -> list[dict]:
         """One dict per experiment for the proposer: its deciding (or latest) row, with val_bpb

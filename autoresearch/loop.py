@@ -49,6 +49,7 @@ from autoresearch.records import RunLock, RunState
 from autoresearch.gpus import check_workers, pin_env
 from autoresearch.runner import training_defaults, training_env
 from autoresearch.trainers import TrainJob, TrainOutput
+from autoresearch.tracking import NoTracking, open_tracking
 from autoresearch.trials import (Change, Launch, RunPaths, baseline_change, commit_message, make_row,
                                  running_entries)
 from autoresearch.trust import HANDOFF_ENV, Audited, drop_models, model_path, rebuild_hint
@@ -81,9 +82,10 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
                   {**os.environ, **config.extra_env})
     view = view or make_view(config.tag)
     paths.dir.mkdir(parents=True, exist_ok=True)
+    tracking = open_tracking(config.track, paths.dir, config.tag, view.note)  # --track: an observer, never raises
     try:
         with opening.stop_signals_as_interrupt(), RunLock(paths.lock):
-            night = Run(config, proposer, view, paths, pool)
+            night = Run(config, proposer, view, paths, pool, tracking)
             try:
                 night.start()
                 return night.loop()
@@ -93,6 +95,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
                 night.clean_up()  # a bug or a bad setup: still leave no training, no half change
                 raise
     finally:
+        tracking.close()  # waits a little for the last rows; a failure was one warning line
         view.close()
 
 
@@ -105,8 +108,9 @@ class Run(opening.Lifecycle):
     """One invocation of `autoresearch run` on one tag. It alone writes the record (through the
     Ledger), moves the branch (the Workspace) and asks the proposer (Asking); workers only train."""
 
-    def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths, pool=None):
+    def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths, pool=None, tracking=None):
         self.config, self.proposer, self.view, self.paths = config, proposer, view, paths
+        self.tracking = tracking or NoTracking()  # --track: MLflow / W&B, an observer of the rows
         self.ledger = Ledger(paths.dir)
         self.pool = pool  # made in start() unless given (tests)
         scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
@@ -171,7 +175,7 @@ class Run(opening.Lifecycle):
                 and not self.undecided())
 
     def undecided(self) -> list:
-        return [exp for exp in self.ledger.experiments() if not exp.decided]
+        return self.ledger.undecided()
 
     def in_flight(self) -> list[Launch]:
         return [*self.running.values(), *self.queue, *(launch for launch, _ in self.parked),
@@ -472,6 +476,7 @@ class Run(opening.Lifecycle):
         delta = None if previous.mean is None or not row.measured else float(row.val_bpb) - previous.mean
         self.view.row(row.as_dict(), delta, self.standing())
         write_html_report(self.paths.dir, warn=self.view.note)  # results/<tag>/report.html; never raises
+        self.tracking.log_row(row.as_dict())  # MLflow / W&B (--track): queued, never raises
 
     # -- asking --------------------------------------------------------------------------------
 
@@ -502,7 +507,8 @@ class Run(opening.Lifecycle):
         in the history."""
         base = self.best.commit or self.base_short
         ctx = self.context(n, train_py=self.workspace.read_at(base))
-        ctx.history = [*ctx.history, *self.running_entries()]
+        recorded = {exp.number for exp in self.ledger.experiments()}
+        ctx.history += running_entries(self.in_flight(), self.asking.ready, recorded, self.proposer.name)
         try:
             self.asking.start("idea", n, record, ctx, base, ctx.train_py, self.workspace.path,
                               while_training=bool(self.running), again=again)
@@ -512,10 +518,6 @@ class Run(opening.Lifecycle):
             return False
         self.view.phase(n, "proposing")
         return True
-
-    def running_entries(self) -> list[dict]:
-        recorded = {exp.number for exp in self.ledger.experiments()}
-        return running_entries(self.in_flight(), self.asking.ready, recorded, self.proposer.name)
 
     def asked(self, ask, prepared: Prepared) -> None:
         if prepared.interrupted is not None:

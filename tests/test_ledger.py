@@ -32,7 +32,7 @@ def test_trials_group_into_experiments_and_the_best_is_the_latest_keep(tmp_path)
     assert best.commit == "bbb" and best.experiment == 2 and best.mean == pytest.approx(0.996)
     noise = ledger.noise()  # two pairs, each 0.002 apart
     assert noise.dof == 2 and noise.sigma == pytest.approx(0.002 / 2**0.5)
-    assert ledger.pending() is None
+    assert ledger.undecided() == []
     history = ledger.history()
     assert [h["experiment"] for h in history] == [0, 1, 2, 3]
     assert history[2]["val_bpb"] == pytest.approx(0.996) and history[2]["trials"] == 2
@@ -42,7 +42,7 @@ def test_an_experiment_without_its_verdict_is_pending(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.append(row(0, "keep", 1.0, "base"))
     ledger.append(row(1, "trial", 0.999, "aaa"))
-    pending = ledger.pending()
+    [pending] = ledger.undecided()
     assert pending.number == 1 and pending.commit == "aaa" and not pending.decided
     assert ledger.best("base").commit == "base"  # a trial waiting for its confirm is never the best
 
@@ -52,13 +52,16 @@ def test_before_any_keep_the_best_is_the_base_commit(tmp_path):
     assert best.commit == "base123" and best.experiment is None and best.mean is None
 
 
-def test_numbers_follow_the_rows_and_restart_there_on_open(tmp_path):
+def test_numbers_are_never_reused_across_sessions(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.open()
     assert [ledger.new_number() for _ in range(3)] == [0, 1, 2]
     ledger.append(row(0, "keep", 1.0))
-    ledger.open()  # a new session: numbers handed out but never recorded are reused
-    assert ledger.new_number() == 1
+    ledger.open()  # a new session: numbers handed out but never recorded stay unused
+    assert ledger.new_number() == 3
+    ledger.append(row(7, "keep", 1.0))  # a row naming a number past the counter (an older file)
+    ledger.open()
+    assert ledger.new_number() == 8
 
 
 NUMBERS = textwrap.dedent("""
