@@ -300,7 +300,7 @@ def test_gpus_all_without_nvidia_smi_is_a_one_line_error(monkeypatch, tmp_path):
     assert resolve_gpus("2,3", os.environ) == ["2", "3"]
 
 
-def test_a_coordinator_run_resumed_without_worker_options_stays_with_the_coordinator(lab):
+def test_a_run_of_two_workers_resumed_without_worker_options_goes_on_with_one(lab):
     steps = [{"VAL": round(1.0 - i / 1000, 6), "SLEEP": 0.3} for i in range(1, 20)]
     first = run(config(lab, max_experiments=3, workers=2), proposer=ScriptedProposer(steps), view=RecordingView())
     assert first.experiments == 3
@@ -309,4 +309,4 @@ def test_a_coordinator_run_resumed_without_worker_options_stays_with_the_coordin
     got = check_record(lab, again)
     assert again.experiments == 5 and len(got) >= 5
     state = __import__("json").loads((lab / "results/t/run.json").read_text())
-    assert state["coordinator"] is True and state["workers"] == 1
+    assert state["workers"] == 1 and state["state"] == "done"  # the same loop, with a pool of one

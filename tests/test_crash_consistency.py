@@ -35,7 +35,8 @@ def test_kill_9_at_random_points_then_resume_loses_and_doubles_nothing(tmp_repo,
                    tmp_path / "out", "final")
     assert done.wait(120) == 0, done.stderr()
     got = check_invariants(lab, "t", user, rows=stats.rows + 2)
-    assert [r.experiment for r in got] == list(range(stats.rows + 2))
+    numbers = [r.experiment for r in got]  # one row each; a number cut off by a kill stays unused
+    assert len(numbers) == stats.rows + 2 and numbers == sorted(set(numbers))
 
 
 def test_git_locks_left_by_a_kill_mid_commit_do_not_block_resume(tmp_repo, tmp_path):

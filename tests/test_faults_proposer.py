@@ -60,13 +60,13 @@ def llm(backend: str, url: str, **options):
     return get_proposer(backend, ProposerOptions(**opts))
 
 
-def run_loop(root: Path, proposer, experiments: int = 2, **overrides):
+def run_loop(root: Path, proposer, experiments: int = 2, view=None, **overrides):
     cfg = dict(repo_root=root, tag="t", profile="cpu", time_budget=5, timeout=60, pause_seconds=0.01,
                max_experiments=experiments, max_consecutive_proposer_failures=50,
                keep_rule="greedy", baseline_repeats=1, audit="off",  # one trial each: these tests are about faults
                speculate=False)  # in order: the server plays its replies as asked (test_speculation.py)
     cfg.update(overrides)
-    view = RecordingView()
+    view = view or RecordingView()
     outcome = run(RunConfig(**cfg), proposer=proposer, view=view)
     return outcome, view
 
@@ -220,26 +220,28 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_an_api_that_is_down_pauses_the_run_which_resumes_from_the_same_state(user_lab, backend, monkeypatch):
+def test_an_api_that_is_down_pauses_the_run_which_resumes_from_the_same_state(user_lab, backend):
     root, user = user_lab
     late = LateServer(free_port())
     late.push(reply(edit(0.9)))
     seen = []
 
-    def pause(seconds):  # the API comes back during the second pause
-        seen.append((seconds, RunState.load(root / "results/t/run.json")["state"]))
-        if len(seen) == 2:
-            late.start()
+    class Watching(RecordingView):  # the API comes back during the second pause
+        def note(self, text):
+            super().note(text)
+            if text.startswith("paused"):
+                seen.append(RunState.load(root / "results/t/run.json")["state"])
+                if len(seen) == 2:
+                    late.start()
 
-    monkeypatch.setattr("autoresearch.loop.pause_sleep", pause)
     with late:
         _, view = run_loop(root, llm(backend, late.url, api_retries=0), max_consecutive_proposer_failures=3,
-                           pause_seconds=60, pause_max_seconds=600)
+                           pause_seconds=0.2, pause_max_seconds=600, view=Watching())
 
-    assert seen == [(60, "paused"), (120, "paused")]
+    assert seen == ["paused", "paused"]
     notes = [n for n in view.notes if n.startswith("paused")]
-    assert notes[0] == ("paused: the proposer failed 3 times in a row; trying again in 60 s "
-                        "(Ctrl-C stops; resume later with --resume)")
+    assert notes == [f"paused asking: the proposer failed 3 times in a row; asking again in {s:g} s (trainings go on; "
+                     "Ctrl-C stops; resume later with --resume)" for s in (0.2, 0.4)]
     rows = check_invariants(root, "t", user, rows=2)
     assert [(r.experiment, r.status, r.parent) for r in rows] == [(0, "keep", rows[0].commit), (1, "keep", rows[0].commit)]
     state = RunState.load(root / "results/t/run.json")
