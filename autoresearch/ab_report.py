@@ -162,7 +162,7 @@ def ab_sections(s: dict):
 
 
 def run_ab_report(root: Path, tag: str, as_json: bool = False, plot: Path | None = None,
-                  no_plot: bool = False, out=None, html: Path | None = None) -> dict:
+                  no_plot: bool = False, out=None, html: Path | None = None, write_ab_html=None) -> dict:
     from autoresearch.report import render
 
     out = out or sys.stdout
@@ -178,9 +178,7 @@ def run_ab_report(root: Path, tag: str, as_json: bool = False, plot: Path | None
         out.write(json.dumps({"schema_version": REPORT_SCHEMA, "ab": summary}, indent=2, ensure_ascii=False) + "\n")
     else:
         render(ab_sections(summary), out)
-    if html:
-        from autoresearch.html_report import write_ab_html
-
+    if html:  # html_report.write_ab_html, passed in: the page is built from this module's sections
         write_ab_html(Path(html), summary)
         (sys.stderr if as_json else out).write(f"wrote the HTML report to {Path(html).resolve()}\n")
     return summary

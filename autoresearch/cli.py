@@ -164,6 +164,7 @@ def report(
     noise: float = typer.Option(3e-4, "--noise", min=0.0, help="Kept gains below this val_bpb are flagged as within noise."),
 ):
     """What happened overnight: outcomes, best val_bpb, top hits, cost, and a progress plot."""
+    from autoresearch.html_report import write_ab_html, write_html
     from autoresearch.report import run_report
 
     with user_errors():
@@ -172,9 +173,10 @@ def report(
 
             if markdown:
                 raise AutoresearchError(f"--markdown is not available for the A/B {tag[0]} yet; use --json")
-            run_ab_report(_ab_root(root, tag[0]), tag[0], as_json, plot, no_plot, html=html)
+            run_ab_report(_ab_root(root, tag[0]), tag[0], as_json, plot, no_plot, html=html, write_ab_html=write_ab_html)
             return
-        run_report(tag or [], results or [], root, as_json, markdown, plot, no_plot, top, noise, html=html)
+        run_report(tag or [], results or [], root, as_json, markdown, plot, no_plot, top, noise, html=html,
+                   write_html=write_html)
 
 
 def _ab_root(root: Path | None, tag: str) -> Path | None:

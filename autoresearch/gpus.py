@@ -42,6 +42,7 @@ from autoresearch.errors import AutoresearchError
 
 DEVICE = re.compile(r"^(\d+|GPU-[0-9A-Fa-f-]+|MIG-[0-9A-Za-z/-]+)$")  # what CUDA_VISIBLE_DEVICES accepts
 ORDER = "PCI_BUS_ID"  # nvidia-smi's numbering; CUDA's own default is fastest first
+RAY_MISSING = "--ray needs Ray: pip install 'autoresearch[ray]'"
 PROBE_TIMEOUT = 120.0  # seconds for a fresh Python to import torch and count its GPUs
 SMI_TIMEOUT = 30.0
 _GPU_LINE = re.compile(r"^GPU (\d+): (.*?)(?: \(UUID: (GPU-[^)]+)\))?\s*$")
@@ -366,8 +367,6 @@ def check_workers(config, env: Mapping[str, str] | None = None) -> list[str | No
     device named. Returns the local workers (empty with --ray). One-line AutoresearchError."""
     env = os.environ if env is None else env
     if config.ray is not None:
-        from autoresearch.ray_pool import import_ray
-
         import_ray()
         return []
     gpus = worker_gpus(config, env)
@@ -402,3 +401,12 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def import_ray():
+    """Ray, or the one-line error naming the extra (autoresearch[ray])."""
+    try:
+        import ray
+    except ImportError:
+        raise AutoresearchError(RAY_MISSING) from None
+    return ray

@@ -172,10 +172,7 @@ class Run(opening.Lifecycle):
         room = self.room()
         return (room is not None and room <= 0 and not self.running and not self.queue and not self.parked
                 and not self.asking.in_flight and not self.asking.ready and not self.asking.retry
-                and not self.undecided())
-
-    def undecided(self) -> list:
-        return self.ledger.undecided()
+                and not self.ledger.undecided())
 
     def in_flight(self) -> list[Launch]:
         return [*self.running.values(), *self.queue, *(launch for launch, _ in self.parked),
@@ -217,7 +214,7 @@ class Run(opening.Lifecycle):
         busy: dict[int, set] = {}
         for launch in self.in_flight():
             busy.setdefault(launch.change.number, set()).add(launch.trial)
-        for exp in self.undecided():
+        for exp in self.ledger.undecided():
             first = exp.first
             change = Change(exp.number, exp.commit, first.parent, first.description, first.hypothesis,
                             first.proposer, first.model, baseline=first.role == "baseline")
@@ -498,7 +495,7 @@ class Run(opening.Lifecycle):
         return wants_an_ask(
             speculating=self.speculating, workers=self.pool.size, free=self.pool.free,
             ideas=self.asking.ideas_wanted(), asking=bool(self.asking.in_flight),
-            waiting=len(self.queue) + sum(exp.number not in busy for exp in self.undecided()), room=self.room(),
+            waiting=len(self.queue) + sum(exp.number not in busy for exp in self.ledger.undecided()), room=self.room(),
             retrying=bool(self.asking.retry),
             over_budget=cfg.max_cost is not None and self.ledger.total_cost() >= cfg.max_cost)
 
@@ -573,7 +570,7 @@ class Run(opening.Lifecycle):
         self.write_proposal(launch.change, record)
         self.queue.insert(0, launch)
 
-    # -- the context ---------------------------------------------------------------------------
+    # -- the context, numbers, money, standing --------------------------------------------------
 
     def context(self, n: int, train_py: str, feedback: str | None = None) -> Context:
         """A fresh context: nothing carries over from the last call but the rows."""
@@ -583,8 +580,6 @@ class Run(opening.Lifecycle):
         return Context(program.read_text() if program.is_file() else "", train_py, self.lab.contract,
                        self.ledger.history(), self.workspace.path, n, self.lab.profile, feedback=feedback,
                        best=best, noise=self.ledger.noise().sigma)
-
-    # -- numbers, money, standing ----------------------------------------------------------------
 
     def new_number(self) -> int:
         n = self.ledger.new_number()

@@ -23,20 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.gpus import import_ray
 from autoresearch.trainers import (Handle, LocalTrainer, TrainJob, TrainOutput, cancelled_output, lost_output,
                                    reap_worker)
 
-RAY_MISSING = "--ray needs Ray: pip install 'autoresearch[ray]'"
 CANCEL_WAIT = 60.0  # seconds an actor gets to stop a cancelled run before it is killed instead
 REAP_WAIT = 30.0  # seconds to wait for the clean-up task on a lost actor's node
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise AutoresearchError(RAY_MISSING) from None
-    return ray
 
 
 class TrainerActor:

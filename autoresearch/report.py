@@ -38,7 +38,8 @@ class Section:
 def run_report(tags: list[str] | None = None, results: list[Path] | None = None,
                root: Path | None = None, as_json: bool = False, markdown: Path | None = None,
                plot: Path | None = None, no_plot: bool = False, top: int = 20,
-               noise: float = analysis.NOISE_BPB, out=None, html: Path | None = None) -> None:
+               noise: float = analysis.NOISE_BPB, out=None, html: Path | None = None,
+               write_html=None) -> None:
     """Report one run, or compare several side by side. Malformed rows are skipped and, after
     the report is written, raised as one AutoresearchError naming their line numbers."""
     out = out or sys.stdout
@@ -59,9 +60,7 @@ def run_report(tags: list[str] | None = None, results: list[Path] | None = None,
         payload["compare_plot"] = compare_plot
     if markdown:
         write_markdown(Path(markdown), summaries, compare_plot, top)
-    if html:
-        from autoresearch.html_report import write_html
-
+    if html:  # html_report.write_html, passed in: the page is built from this module's sections
         write_html(Path(html), runs)
     if as_json:
         out.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

@@ -57,7 +57,7 @@ class Audited:
 
 
 def supports_audit(prepare_py: str) -> bool:
-    """A prepare.py with the handoff evaluation and the cache manifest (issue 9's lab)."""
+    """A prepare.py with the handoff evaluation and the cache manifest (a lab that can be audited)."""
     return "def evaluate_handoff(" in prepare_py and "MANIFEST_FILENAME" in prepare_py
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from autoresearch import trainers
 from autoresearch.errors import AutoresearchError
-from autoresearch.ray_pool import RAY_MISSING, import_ray
+from autoresearch.gpus import RAY_MISSING, import_ray
 from autoresearch.trainers import WORKER_ENV, LocalTrainer, lab_files, reap_worker
 from trainer_lab import alive, gone, job, wait_for_pids
 
