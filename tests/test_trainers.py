@@ -129,3 +129,25 @@ def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch):
     with pytest.raises(AutoresearchError) as info:
         import_ray()
     assert str(info.value) == RAY_MISSING
+
+
+def test_a_reserved_worker_trains_nothing_until_it_is_released(tmp_path):
+    """The audit of a keep holds an idle worker's GPU: no training starts there meanwhile."""
+    from autoresearch.local_pool import LocalTrainerPool
+
+    pool = LocalTrainerPool(["0", "1"], tmp_path / "workers", probe=[sys.executable, "-c", "pass"])
+    try:
+        with pool.reserve(prefer="1") as gpu:
+            assert gpu == "1" and pool.free == 1
+            first = pool.submit(job(1))
+            second = pool.submit(job(2))  # no worker for it while "1" is held
+            assert pool.result(first, timeout=120).result.status == "ok"
+            assert pool.result(second, timeout=120).result.status == "ok"
+            assert first.slot.trainer.gpu == second.slot.trainer.gpu == "0"  # one after the other
+        assert pool.free == 2
+        third = pool.submit(job(3))  # released: both workers take work again
+        fourth = pool.submit(job(4))
+        assert {h.slot.trainer.gpu for h in (third, fourth)} == {"0", "1"}
+        assert all(pool.result(h, timeout=120).result.status == "ok" for h in (third, fourth))
+    finally:
+        pool.close()
