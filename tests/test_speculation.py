@@ -68,13 +68,19 @@ def test_an_idea_on_other_lines_is_rebased_and_one_on_the_same_lines_is_not():
     assert overlaps([(4, 5)], [(5, 5)]) and not overlaps([(4, 5)], [(7, 8)])
 
 
-def test_only_slow_proposers_speculate():
+def test_proposers_declare_whether_they_speculate_fix_and_edit_files():
+    from autoresearch.proposers import REGISTRY
+    from autoresearch.proposers.command import CommandProposer
     from autoresearch.proposers.hparam import HparamProposer
-    from autoresearch.proposers.base import ProposerOptions
+    from autoresearch.proposers.llm import ChatProposer
+    from autoresearch.proposers.optuna_backend import OptunaProposer
 
-    assert not speculates(HparamProposer(ProposerOptions()))
-    assert not speculates(ScriptedProposer([]))
-    assert speculates(slow_proposer([]))
+    declared = {cls.__name__: (cls.speculative, cls.can_fix, cls.edits_files)
+                for cls in (HparamProposer, OptunaProposer, ChatProposer, CommandProposer)}
+    assert declared == {"HparamProposer": (False, False, False), "OptunaProposer": (False, False, False),
+                        "ChatProposer": (True, True, False), "CommandProposer": (True, True, True)}
+    assert not ScriptedProposer([]).speculative and slow_proposer([]).speculative
+    assert sorted(REGISTRY) == ["anthropic", "command", "hparam", "openai", "optuna"]
 
 
 # ---------------------------------------------------------------------------
