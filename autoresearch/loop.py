@@ -338,10 +338,11 @@ class Run(opening.Lifecycle):
             watched = self.trust.cache_changes(full=False)
             cache_changed = bool(watched)
         reasons += watched
-        model = None
-        if not reasons and self.trust.audit and MODEL_FILE in output.artefacts:
-            model = model_path(self.paths.run_dir(n), trial)
-            model.write_bytes(output.artefacts[MODEL_FILE])
+        model = model_path(self.paths.run_dir(n), trial) if self.trust.audit else None
+        if model is not None:
+            model.unlink(missing_ok=True)  # an earlier attempt's is not this run's
+        if model is not None and not reasons and MODEL_FILE in output.artefacts:
+            model.write_bytes(output.artefacts[MODEL_FILE])  # none handed over: the audit says so
         return judge_run(result, reasons, cache_changed, model)
 
     # -- settling ------------------------------------------------------------------------------
