@@ -68,7 +68,7 @@ def reach(phase: str, lab: Path, tmp_path: Path):
     gitdir = tmp_path / "git"
     env = fake_git(gitdir) if phase in ("committing", "logging") else {}
     if phase == "committing":
-        env["FAKEGIT_PAUSE"] = "commit"
+        env["FAKEGIT_PAUSE"] = "commit-tree"  # candidates are committed without a worktree (Workspace.commit_on)
     if phase == "logging":
         env["FAKEGIT_PAUSE"] = "diff"
     steps = {
@@ -91,7 +91,7 @@ def reach(phase: str, lab: Path, tmp_path: Path):
         "committing": lambda: (gitdir / "paused").exists(),
         "training": lambda: "[0001] training" in harness.stdout() and training_json(lab),
         "logging": lambda: (gitdir / "paused").exists(),
-        "paused": lambda: "paused: the proposer failed 5 times in a row" in harness.stdout(),
+        "paused": lambda: "paused asking: the proposer failed 5 times in a row" in harness.stdout(),
     }[phase]
     wait_for(wait, what=f"phase {phase}")
     return harness
@@ -126,7 +126,8 @@ def test_a_stop_signal_in_any_phase_stops_cleanly_and_the_run_resumes(user_lab, 
     again = start(lab, tmp_path, [{"VAL": 0.9}], "--resume", name="resume")
     assert again.wait(120) == 0, again.stderr()
     got = check_invariants(lab, "t", user, rows=2)
-    assert [(r.experiment, r.status) for r in got] == [(0, "keep"), (1, "keep")]
+    # The number of the experiment the stop cut off stays unused.
+    assert [r.status for r in got] == ["keep", "keep"] and got[0].experiment == 0 < got[1].experiment
 
 
 def test_kill_9_during_training_leaves_an_orphan_that_resume_stops_before_training_again(user_lab, tmp_path):
