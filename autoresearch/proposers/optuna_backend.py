@@ -39,7 +39,7 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from autoresearch.edits import EditError, apply_blocks, check_syntax  # noqa: F401  (apply_blocks: callers)
+from autoresearch.edits import EditError, apply_file_blocks, check_syntax
 from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.base import REGISTRY, Context, Proposal, ProposerError, ProposerOptions
 from autoresearch.proposers.hparam import Candidate, Param, edit_for, find_params, params_of_files, source_literal
@@ -337,7 +337,7 @@ class OptunaProposer:
             block = edit_for(text, Candidate(replace(p, kind=kind, base=base), new, 0))
             block.path = path
             try:
-                texts[path] = apply_blocks(text, [block])
+                texts[path] = apply_file_blocks({path: text}, [block])[path]
             except EditError as err:  # a bug here, not in a model: say so plainly
                 raise ProposerError(f"optuna: generated edit does not apply: {err}") from None
             blocks.append(block)

@@ -46,22 +46,22 @@ def fail(why: str) -> None:
     sys.exit(1)
 
 
-def check(counts, checkpoints) -> None:
+def check(counts, checkpoints, when: str) -> None:
     for generation in checkpoints:
         got = counts.get(generation)
         if got != EXPECTED[generation]:
-            fail(f"generation {generation}: {got} live cells, expected {EXPECTED[generation]}")
+            fail(f"{when}, generation {generation}: {got} live cells, expected {EXPECTED[generation]}")
 
 
 def main() -> None:
     early = [g for g in EXPECTED if g <= 5]
     counts, _ = program.simulate(board(), max(early), early)  # untimed: a wrong simulator stops here
-    check(counts, early)
+    check(counts, early, "before timing")
 
     start = time.perf_counter()
     counts, final = program.simulate(board(), GENERATIONS, sorted(EXPECTED))
     seconds = time.perf_counter() - start
-    check(counts, sorted(EXPECTED))
+    check(counts, sorted(EXPECTED), "timed run")
     if digest(final) != FINAL_SHA256:
         fail(f"the board after generation {GENERATIONS} differs (live cells match)")
     print("correct: True")
