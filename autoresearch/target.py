@@ -290,6 +290,18 @@ def fixed_files(target: Target, root: Path) -> list[str]:
     return sorted(f for f in out.stdout.split("\0") if f and f not in edit)
 
 
+def changed_fixed_files(target: Target, worktree: Path, base: str = "HEAD") -> list[str]:
+    """Fixed files that differ in `worktree` from the commit `base` (modified or deleted; a new
+    untracked file is not a fixed file). After a proposal or a run, any is a crash naming it."""
+    out = subprocess.run(["git", "diff", "--name-only", "-z", base, "--"], cwd=worktree, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise AutoresearchError(f"cannot compare {worktree} with {base}: {out.stderr.strip()}")
+    changed = [name for name in out.stdout.split("\0") if name]
+    if target.lab:
+        return [name for name in changed if name in target.fixed]
+    return [name for name in changed if name not in target.edit]
+
+
 def read_edit_files(target: Target, root: Path) -> dict[str, str]:
     """The edit files' current texts, by relative path."""
     return {name: (Path(root) / name).read_text() for name in target.edit}

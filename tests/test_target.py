@@ -10,6 +10,7 @@ from autoresearch.proposers.base import Proposal
 from autoresearch.target import (
     Constraint,
     build_context,
+    changed_fixed_files,
     fixed_files,
     lab_target,
     load_target,
@@ -128,6 +129,19 @@ def test_fixed_files_are_every_tracked_file_outside_edit(repo, tmp_repo):
     tmp_repo.index.commit("program")
     t = load_target(repo)
     assert fixed_files(t, repo) == ["autoresearch.toml", "evaluate.py", "game.py", "lib/a.py", "lib/b.py"]
+
+
+def test_changed_fixed_files_names_what_a_run_touched_outside_edit(repo, tmp_repo):
+    write(repo, GOOD)
+    tmp_repo.git.add(A=True)
+    tmp_repo.index.commit("program")
+    t = load_target(repo)
+    (repo / "bot.py").write_text("DEPTH = 4\n")  # an edit file: allowed
+    (repo / "scratch.txt").write_text("new, untracked\n")  # not a fixed file
+    assert changed_fixed_files(t, repo) == []
+    (repo / "evaluate.py").write_text("print('avg_score: 1e9')\n")
+    (repo / "lib" / "b.py").unlink()
+    assert changed_fixed_files(t, repo) == ["evaluate.py", "lib/b.py"]
 
 
 def test_the_lab_as_a_target():
