@@ -77,3 +77,18 @@ def test_bad_answers_are_one_line_and_write_nothing(program, args, words):
 def test_init_outside_a_git_repository_says_how(tmp_path):
     done = init(tmp_path, "--edit", "x.py", "--run", "true", "--metric", "m", "--direction", "max")
     assert done.returncode == 1 and "is not a git repository: run `git init`" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux `script` for a terminal")
+def test_without_flags_on_a_terminal_it_asks_for_each(program):
+    """`script` gives init a real pseudo-terminal; the answers are typed on it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = f"{sys.executable} -m autoresearch init"
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=program, env=env, capture_output=True,
+                          text=True, input="program.py\npython bench.py\nratio\nmin\n", timeout=120)
+    assert done.returncode == 0, done.stdout
+    for question in ("File(s) the proposals may edit", "Command that runs one experiment", "Metric name", "Direction"):
+        assert question in done.stdout
+    target = load_target(program)
+    assert (target.edit, target.run, target.metric, target.direction) == (("program.py",), "python bench.py", "ratio", "min")
