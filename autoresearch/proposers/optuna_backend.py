@@ -104,7 +104,7 @@ def search_space(params: list[Param]) -> list[Dim]:
 
 
 def _dim(p: Param) -> Dim | None:
-    x = p.value
+    """The Dim of one parameter, in the file it lives in."""
     dim = _dim_at(p)
     return replace(dim, path=p.path) if dim is not None else None
 
