@@ -38,7 +38,7 @@ from pathlib import Path
 import shutil
 
 from autoresearch import opening, proposal_log
-from autoresearch.asking import Asking, Idea, Prepared, Retry, rebase_train_py, speculation_label, wants_an_ask
+from autoresearch.asking import Asking, Idea, Prepared, Retry, rebase_files, speculation_label, wants_an_ask
 from autoresearch.config import RunConfig, from_cli
 from autoresearch.decide import Decision, Trained, decide, judge_run
 from autoresearch.errors import AutoresearchError
@@ -52,6 +52,7 @@ from autoresearch.runner import compile_cache_dirs, training_env
 from autoresearch.trainers import TrainJob, TrainOutput
 from autoresearch.trials import Change, Launch, RunPaths, baseline_change, commit_message, make_row
 from autoresearch.trust import HANDOFF_ENV, Audited, drop_models, model_path, rebuild_hint
+from autoresearch import target as targets
 
 RunOutcome = opening.RunOutcome
 __all__ = ["RunConfig", "RunOutcome", "run", "run_from_cli"]
@@ -67,12 +68,13 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
     configured backend, make_view() and the configured workers."""
     paths = RunPaths(config.repo_root, config.tag)
     opening.check_start(config, RunState.load(paths.state))  # before results/<tag>/ is created
+    target = opening.load_declared(config)  # None: the lab; bad autoresearch.toml: one line, nothing made
     built = proposer is None
     if built:
         from autoresearch.proposers import get_proposer
 
         proposer = get_proposer(config.proposer, config.options)
-    if config.preflight:  # one line naming the fix, before results/<tag>/ exists or anything trains
+    if config.preflight and target is None:  # one line naming the fix, before results/<tag>/ exists or anything trains
         from autoresearch.doctor import preflight
 
         profile = config.profile or os.environ.get("AUTORESEARCH_PROFILE") or detect_profile()
@@ -82,7 +84,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
     paths.dir.mkdir(parents=True, exist_ok=True)
     try:
         with opening.stop_signals_as_interrupt(), RunLock(paths.lock):
-            night = Run(config, proposer, view, paths, pool)
+            night = Run(config, proposer, view, paths, pool, target)
             try:
                 night.start()
                 return night.loop()
@@ -104,13 +106,15 @@ class Run(opening.Lifecycle):
     """One invocation of `autoresearch run` on one tag. It alone writes the record (through the
     Ledger), moves the branch (the Workspace) and asks the proposer (Asking); workers only train."""
 
-    def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths, pool=None):
+    def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths, pool=None, target=None):
         self.config, self.proposer, self.view, self.paths = config, proposer, view, paths
-        self.ledger = Ledger(paths.dir)
+        self.target = target  # a declared target (target.Target), or None: the nanochat lab
+        self.edit = target.edit if target is not None else ("train.py",)  # what a proposal may change
+        self.ledger = Ledger(paths.dir, target.metric if target is not None else "val_bpb")
         self.pool = pool  # made in start() unless given (tests)
         scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
         self.asking = Asking(proposer, scratch, config.max_consecutive_proposer_failures, config.pause_seconds,
-                             config.pause_max_seconds, self.ledger, view, paths.run_dir)
+                             config.pause_max_seconds, self.ledger, view, paths.run_dir, edit=self.edit)
         self.speculating = config.speculate and proposer.speculative
         self.workers_root = Path(config.repo_root) / ".autoresearch" / "workers" / config.tag
         self.workspace = self.trust = None
@@ -242,22 +246,23 @@ class Run(opening.Lifecycle):
         entry = {**proposal_log.proposal_record(proposal, prepared.ctx), "base": prepared.base}
         best = self.best.commit or self.base_short
         rebased = prepared.base != best
+        files = dict(proposal.files)
         if rebased:
-            best_py = self.workspace.read_at(best)
-            merged = rebase_train_py(prepared.base_train_py, best_py, proposal.train_py)
-            if merged is None or merged == best_py:
+            best_files = self.files_at(best)
+            merged = rebase_files(prepared.ctx.files, best_files, files)
+            if merged is None or {**best_files, **merged} == best_files:
                 record["discarded"] = {**entry, "why": f"built on {prepared.base}; its change overlaps or does not "
                                                        f"merge with the new best {best}"}
                 self.spend(proposal.usage.cost_usd)
                 proposal_log.write_json(self.paths.run_dir(n) / "proposal.json", record)
                 self.asking.retry.append(Retry(n, record, "discarded-asked-again"))
                 return None
-            entry = {**entry, "rebased_onto": best, "train_py": merged}
-            proposal.train_py = merged
+            entry = {**entry, "rebased_onto": best, **({"train_py": merged["train.py"]} if "train.py" in merged
+                                                         else {"files": merged})}
+            files = merged
         record["attempts"].append(entry)
         record["speculation"] = self.speculation[n] = speculation_label(idea.while_training, rebased, idea.again)
-        commit = self.workspace.commit_on(best, proposal.train_py,
-                                          commit_message(proposal.description, proposal.hypothesis, n))
+        commit = self.workspace.commit_on(best, files, commit_message(proposal.description, proposal.hypothesis, n))
         change = Change(n, commit, best, proposal.description, proposal.hypothesis, self.proposer.name, proposal.model)
         self.write_proposal(change, record)
         return Launch(change, 1, proposal.usage, record=record, proposal=proposal)
@@ -274,9 +279,13 @@ class Run(opening.Lifecycle):
         env = self.lab.env(trial)
         for name, folder in compile_cache_dirs({**os.environ, **env}).items():
             env.setdefault(name, folder)
-        job = TrainJob(n, trial, self.workspace.read_at(launch.change.commit), self.lab_files, env, self.lab.timeout,
-                       command=self.config.training_command,
-                       outputs={HANDOFF_ENV: MODEL_FILE} if self.trust.audit else {})
+        if self.target is None:
+            job = TrainJob(n, trial, self.workspace.read_at(launch.change.commit), self.lab_files, env, self.lab.timeout,
+                           command=self.config.training_command,
+                           outputs={HANDOFF_ENV: MODEL_FILE} if self.trust.audit else {})
+        else:  # the whole tree: the fixed files of the run's base, the candidate's edit files
+            files = {**self.fixed_files, **self.files_at(launch.change.commit)}
+            job = TrainJob(n, trial, None, files, env, self.target.timeout, command=self.target.argv())
         if self.watching:
             self.trust.before_run(None)
         self.running[self.pool.submit(job)] = launch
@@ -323,7 +332,10 @@ class Run(opening.Lifecycle):
         n, trial = launch.key
         result = output.save_log(self.paths.log(n, trial))
         reasons = [f"modified {name} (restored)" for name in self.ledger.restore()]
-        if output.changed:
+        if output.changed and self.target is not None:  # new files are the program's own; a changed one is not
+            modified = [name for name in output.changed if name in self.fixed_files or name in self.edit]
+            reasons += ["modified " + ", ".join(modified[:5])] if modified else []
+        elif output.changed:
             modified = [name for name in output.changed if name in self.lab_files or name == "train.py"]
             written = [name for name in output.changed if name not in modified]
             reasons += (["modified " + ", ".join(modified[:5])] if modified else []) + (
@@ -338,7 +350,8 @@ class Run(opening.Lifecycle):
         if not reasons and self.trust.audit and MODEL_FILE in output.artefacts:
             model = model_path(self.paths.run_dir(n), trial)
             model.write_bytes(output.artefacts[MODEL_FILE])
-        return judge_run(result, reasons, cache_changed, model)
+        log = output.log.decode("utf-8", "replace") if self.target is not None else ""
+        return judge_run(result, reasons, cache_changed, model, self.target, log)
 
     # -- settling ------------------------------------------------------------------------------
 
@@ -393,7 +406,7 @@ class Run(opening.Lifecycle):
         if change.baseline and decision.status == "crash":
             raise AutoresearchError(
                 f"the unmodified baseline crashed ({reason}); see {self.paths.log(change.number, trial)}, "
-                f"fix the lab, then resume with: autoresearch run --tag {self.config.tag} --resume")
+                f"fix the {'lab' if self.target is None else 'program'}, then resume with: autoresearch run --tag {self.config.tag} --resume")
 
     def decide(self, change: Change, trained: Trained, earlier: list[float], trial: int) -> Decision:
         base = None if change.baseline else self.base_of(change)
@@ -402,7 +415,8 @@ class Run(opening.Lifecycle):
         return decide(trained, earlier, trial, baseline=change.baseline, parent=change.parent,
                       base=base.values if base else (), moved_to=moved,
                       noise=self.noise(change.number, [*earlier, trained.val_bpb]), rule=cfg.keep_rule,
-                      min_delta=cfg.min_delta, baseline_repeats=cfg.baseline_repeats)
+                      min_delta=self.target.min_delta if self.target is not None else cfg.min_delta,
+                      baseline_repeats=cfg.baseline_repeats, direction=self.target.direction if self.target else "min")
 
     def noise(self, number: int, values: list[float]) -> Noise:
         """Pooled over every experiment recorded, this one counted with its newest trial."""
@@ -433,9 +447,10 @@ class Run(opening.Lifecycle):
 
     def plan_combination(self, change: Change, best: str) -> str:
         """Re-apply `change` on `best` as a new experiment, if it merges; the row's explanation."""
-        parent_py, best_py = self.workspace.read_at(change.parent), self.workspace.read_at(best)
-        merged = rebase_train_py(parent_py, best_py, self.workspace.read_at(change.commit))
-        if merged is None or merged == best_py:
+        parent_files, best_files = self.files_at(change.parent), self.files_at(best)
+        changed = {k: v for k, v in self.files_at(change.commit).items() if parent_files[k] != v}
+        merged = rebase_files(parent_files, best_files, changed)
+        if merged is None or {**best_files, **merged} == best_files:
             return "its change overlaps the new best's: not combined"
         room = self.room()
         if room is not None and room <= 0:
@@ -456,7 +471,9 @@ class Run(opening.Lifecycle):
             row.sandbox = "bwrap"
         else:
             row.sandbox = "watch" if self.watching else "none"
-        if not self.trust.audit:
+        if self.target is not None:
+            row.audit = "none"  # a declared target has no audit (docs/targets.md)
+        elif not self.trust.audit:
             row.audit = "off"
         elif audited is not None:
             row.audit = "pass" if audited.ok else "fail"
@@ -508,7 +525,7 @@ class Run(opening.Lifecycle):
         """Ask for experiment n's idea against the best as it stands, with what is running now
         in the history."""
         base = self.best.commit or self.base_short
-        ctx = self.context(n, train_py=self.workspace.read_at(base))
+        ctx = self.context(n, base)
         ctx.history = [*ctx.history, *self.running_entries()]
         try:
             self.asking.start("idea", n, record, ctx, base, ctx.train_py, self.workspace.path,
@@ -556,11 +573,10 @@ class Run(opening.Lifecycle):
     def ask_fix(self, launch: Launch, trained: Trained) -> None:
         """Show the proposer why its change crashed, in a scratch worktree of the crashed commit."""
         n = launch.change.number
-        crashed_py = self.workspace.read_at(launch.change.commit)
-        ctx = self.context(n, train_py=crashed_py, feedback=proposal_log.feedback(trained.reason, self.paths.log(n, 1)))
+        ctx = self.context(n, launch.change.commit, feedback=proposal_log.feedback(trained.reason, self.paths.log(n, 1)))
         launch.fixes += 1
         try:
-            self.asking.start("fix", n, launch.record, ctx, launch.change.commit, crashed_py, self.workspace.path,
+            self.asking.start("fix", n, launch.record, ctx, launch.change.commit, ctx.train_py, self.workspace.path,
                               crashed=(launch, trained))
         except ProposerError as err:
             self.fix_failed((launch, trained), launch.record, err)
@@ -580,7 +596,8 @@ class Run(opening.Lifecycle):
         log = self.paths.log(n, 1)
         if log.exists():  # run.log is always the attempt the row describes
             log.rename(self.paths.run_dir(n) / f"run.crash{launch.fixes}.log")
-        commit = self.workspace.commit_on(c.parent, fix.train_py, commit_message(fix.description, fix.hypothesis, n))
+        files = {**self.files_at(c.commit), **fix.files}
+        commit = self.workspace.commit_on(c.parent, files, commit_message(fix.description, fix.hypothesis, n))
         launch.change = Change(n, commit, c.parent, c.description, c.hypothesis, c.proposer, fix.model or c.model,
                                combines=c.combines)
         launch.usage = launch.usage + fix.usage
@@ -590,12 +607,24 @@ class Run(opening.Lifecycle):
 
     # -- the context ---------------------------------------------------------------------------
 
-    def context(self, n: int, train_py: str, feedback: str | None = None) -> Context:
-        """A fresh context: nothing carries over from the last call but the rows."""
+    def files_at(self, commit: str) -> dict[str, str]:
+        """The edit files (the lab: train.py) as committed at `commit`."""
+        return self.workspace.read_files_at(commit, self.edit)
+
+    def context(self, n: int, commit: str, feedback: str | None = None) -> Context:
+        """A fresh context for the edit files at `commit`: nothing carries over from the last call
+        but the rows. A declared target's states the target (target.build_context)."""
         program = Path(self.config.repo_root) / "program.md"
+        if self.target is not None:
+            best = {"commit": self.best.commit, "experiment": self.best.experiment, self.target.metric: self.best.mean,
+                    "val_bpb": self.best.mean, "trials": len(self.best.values)}
+            return targets.build_context(
+                self.target, self.workspace.path, program=program.read_text() if program.is_file() else "",
+                history=self.ledger.history(), experiment=n, profile=self.lab.profile,
+                files=self.files_at(commit), feedback=feedback, best=best, noise=self.ledger.noise().sigma)
         return Context(
             program=program.read_text() if program.is_file() else "",
-            train_py=train_py,
+            train_py=self.workspace.read_at(commit),
             lab_contract=self.lab.contract,
             history=self.ledger.history(),
             best={"commit": self.best.commit, "experiment": self.best.experiment, "val_bpb": self.best.mean,

@@ -51,6 +51,18 @@ def check_start(config: RunConfig, state: dict) -> bool:
     return has_branch
 
 
+def load_declared(config: RunConfig):
+    """The target declared in the repository's autoresearch.toml (target.Target), or None for the
+    nanochat lab. Bad input is one AutoresearchError line, raised before anything is created."""
+    from autoresearch.target import FILE, load_target
+
+    target = load_target(Path(config.repo_root))
+    if target is not None and target.audit:
+        raise AutoresearchError(f"{FILE}: `audit` commands are not run by this version yet; remove the key "
+                                "(kept rows then say audit=none)")
+    return target
+
+
 def open_workspace(config: RunConfig, ledger: Ledger) -> tuple[Workspace, str]:
     """Create the run for a new tag, or continue it: (the worktree, the run's base commit).
     With run.json, the same command (or --resume) continues the run."""
@@ -82,15 +94,25 @@ def move_to_best(workspace: Workspace, commit: str, tag: str) -> None:
             f"cannot move branch autoresearch/{tag} to its best commit {commit}: {exc.stderr.strip()}") from None
 
 
-def open_trust(config: RunConfig, workspace: Workspace, base: str, env: dict, note: Callable[[str], None]) -> Trust:
+def open_trust(config: RunConfig, workspace: Workspace, base: str, env: dict, note: Callable[[str], None],
+               target=None) -> Trust:
     """The audit, sandbox and cache guard of this run, from the base commit's prepare.py (the
-    code the proposer cannot edit)."""
+    code the proposer cannot edit). A declared target (`target`) has no prepare.py: only the
+    sandbox applies; no cache guard (the lab's), no audit (rows say audit=none)."""
+    scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
+    if target is not None and not target.lab:
+        return Trust.open_declared(config.sandbox, scratch, note)
     try:
         prepare_py = workspace.repo.git.show(f"{base}:prepare.py")
     except GitCommandError:
         raise AutoresearchError("the run's base commit has no prepare.py; this is not an autoresearch lab") from None
-    scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
     return Trust.open(config.audit, config.sandbox, prepare_py, env, scratch, note)
+
+
+def declared_settings(config: RunConfig, target) -> LabSettings:
+    """A declared target's counterpart of the lab's settings: its timeout, no contract, the
+    variables of --env (the seed is added per trial, as for the lab)."""
+    return LabSettings(config.profile or "cpu", target.timeout, target.timeout, dict(config.extra_env), "")
 
 
 def open_pool(config: RunConfig, trust: Trust, workers_root: Path, note: Callable[[str], None]):
@@ -204,10 +226,18 @@ class Lifecycle:
         self.view.start(self.proposer.name, cfg.options.model or "", [r.as_dict() for r in self.ledger.rows()],
                         self.standing())
         self.view.failed_cost(self.ledger.spent_outside_rows)
-        self.lab = LabSettings.resolve(cfg, (self.workspace.path / "prepare.py").read_text(), dict(os.environ))
+        if self.target is None:
+            self.lab = LabSettings.resolve(cfg, (self.workspace.path / "prepare.py").read_text(), dict(os.environ))
+            self.lab_files = lab_files(self.workspace.path)
+        else:
+            self.lab = declared_settings(cfg, self.target)
+            self.lab_files = {}
+        # A declared target's job carries the fixed files of the run's base commit (its edit
+        # files come from each candidate's commit): every tracked file outside `edit`.
+        self.fixed_files = {} if self.target is None else {
+            name: data for name, data in self.workspace.tracked_bytes_at(self.base).items() if name not in self.edit}
         self.trust = open_trust(cfg, self.workspace, self.base, training_env(os.environ, self.lab.env()),
-                                        self.view.note)
-        self.lab_files = lab_files(self.workspace.path)
+                                self.view.note, self.target)
         if self.pool is None:
             self.pool = open_pool(cfg, self.trust, self.workers_root, self.view.note)
         self.watching = (self.pool.size == 1 and self.trust.sandbox is None and cfg.ray is None
@@ -266,7 +296,8 @@ class Lifecycle:
         self.ledger.save_state(state="done")
         self.pool.close()
         reap_workers(self.workers_root)
-        best = f"best val_bpb {self.best.mean:.6f} at {self.best.commit}" if self.best.mean is not None else "no baseline yet"
+        metric = self.target.metric if self.target is not None else "val_bpb"
+        best = f"best {metric} {self.best.mean:.6f} at {self.best.commit}" if self.best.mean is not None else "no baseline yet"
         message = (f"done ({why}): {len(self.ledger.experiments())} experiments, {best} "
                    f"({len(self.ledger.rows())} trials in all); results in {self.paths.results}")
         self.view.phase(None, "done")

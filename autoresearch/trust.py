@@ -119,6 +119,21 @@ class Trust:
             note("warning: --audit off: kept rows are not re-evaluated (every row says audit=off)")
         return cls(audit == "on", box, lab, guard, prepare_py, scratch)
 
+    @classmethod
+    def open_declared(cls, sandbox: str, scratch: Path, note: Callable[[str], None]) -> "Trust":
+        """A declared target's: the sandbox as --sandbox says; no cache guard and no audit (the
+        lab's prepare.py provides both; a declared target has neither)."""
+        box = None
+        if sandbox != "off":
+            found = Sandbox.detect()
+            if found.available:
+                box = found
+            elif sandbox == "on":
+                raise AutoresearchError(f"--sandbox on, but {found.reason}; install bubblewrap or pass --sandbox off")
+            else:
+                note(f"warning: the experiment runs unsandboxed ({found.reason})")
+        return cls(False, box, None, None, "", scratch)
+
     @property
     def isolation(self) -> str:
         """The row's `sandbox` column: bwrap, watch (unsandboxed, held-out watched) or none."""
