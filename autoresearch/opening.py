@@ -222,7 +222,12 @@ class Lifecycle:
         move_to_best(self.workspace, self.best.commit, cfg.tag)
         self.ledger.save_state(state="running", pid=os.getpid(), proposer=self.proposer.name,
                                model=cfg.options.model or "", max_experiments=cfg.max_experiments,
-                               keep_rule=cfg.keep_rule, min_delta=cfg.min_delta, baseline_repeats=cfg.baseline_repeats)
+                               keep_rule=cfg.keep_rule, baseline_repeats=cfg.baseline_repeats,
+                               min_delta=self.target.min_delta if self.target is not None else cfg.min_delta,
+                               **({"metric": self.target.metric, "direction": self.target.direction}
+                                  if self.target is not None else {}))
+        if self.target is not None and hasattr(self.view, "target"):  # (test views may not have it)
+            self.view.target(self.target.metric, self.target.higher_is_better)
         self.view.start(self.proposer.name, cfg.options.model or "", [r.as_dict() for r in self.ledger.rows()],
                         self.standing())
         self.view.failed_cost(self.ledger.spent_outside_rows)
