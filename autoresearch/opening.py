@@ -57,9 +57,11 @@ def load_declared(config: RunConfig):
     from autoresearch.target import FILE, load_target
 
     target = load_target(Path(config.repo_root))
-    if target is not None and target.audit:
-        raise AutoresearchError(f"{FILE}: `audit` commands are not run by this version yet; remove the key "
-                                "(kept rows then say audit=none)")
+    if target is not None:
+        for key in ("audit", "prepare"):  # declared, validated, but the run does not carry them out yet
+            if getattr(target, key):
+                raise AutoresearchError(f"{FILE}: `{key}` commands are not run by `autoresearch run` yet; remove "
+                                        f"the key (docs/targets.md)")
     return target
 
 
@@ -101,7 +103,8 @@ def open_trust(config: RunConfig, workspace: Workspace, base: str, env: dict, no
     sandbox applies; no cache guard (the lab's), no audit (rows say audit=none)."""
     scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
     if target is not None and not target.lab:
-        return Trust.open_declared(config.sandbox, scratch, note)
+        return Trust.open_declared("off" if target.network and config.sandbox == "auto" else config.sandbox,
+                                   scratch, note, target.network)
     try:
         prepare_py = workspace.repo.git.show(f"{base}:prepare.py")
     except GitCommandError:

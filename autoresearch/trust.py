@@ -120,9 +120,15 @@ class Trust:
         return cls(audit == "on", box, lab, guard, prepare_py, scratch)
 
     @classmethod
-    def open_declared(cls, sandbox: str, scratch: Path, note: Callable[[str], None]) -> "Trust":
+    def open_declared(cls, sandbox: str, scratch: Path, note: Callable[[str], None], network: bool = False) -> "Trust":
         """A declared target's: the sandbox as --sandbox says; no cache guard and no audit (the
-        lab's prepare.py provides both; a declared target has neither)."""
+        lab's prepare.py provides both; a declared target has neither). The sandbox always cuts
+        the network, so `network = true` runs unsandboxed (refused with --sandbox on)."""
+        if network and sandbox == "on":
+            raise AutoresearchError("network = true in autoresearch.toml, but the sandbox cuts the network; "
+                                    "pass --sandbox off (or auto) or set network = false")
+        if network:
+            note("warning: network = true: the experiment runs unsandboxed, with the network")
         box = None
         if sandbox != "off":
             found = Sandbox.detect()
