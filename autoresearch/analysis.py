@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from autoresearch.errors import AutoresearchError
 from autoresearch.keep_rule import MIN_DELTA, Levels, judge, pooled_noise
 from autoresearch.ledger import best_of, group, noise_of
-from autoresearch.records import DECIDING, PARSERS, UPSTREAM_COLUMNS, RunState
+from autoresearch.records import DECIDING, PARSERS, UPSTREAM_COLUMNS, RunState, metric_of
 from autoresearch.records import STATUSES as ROW_STATUSES
 
 STATUSES = DECIDING  # an experiment's verdicts; `trial` rows are measurements that decided nothing
@@ -40,6 +40,7 @@ class Table:
     rows: list[dict] = field(default_factory=list)  # typed values, see _parse_row
     malformed: list[tuple[int, str]] = field(default_factory=list)  # (line number, problem)
     torn_line: int | None = None  # a bad last line with no newline: a write cut short, skipped
+    metric: str = "val_bpb"  # a declared target's metric names the second column; read as val_bpb
 
 
 # ---------------------------------------------------------------------------
@@ -61,13 +62,16 @@ def read_results(path: Path) -> Table:
     if not text.strip():
         raise AutoresearchError(f"{path} is empty (expected a header line: {' '.join(UPSTREAM_COLUMNS)})")
     columns = [c.strip().lower() for c in lines[0].split("\t")]
+    metric = metric_of([c.strip() for c in lines[0].split("\t")])
+    if metric != "val_bpb":
+        columns[1] = "val_bpb"
     missing = [c for c in UPSTREAM_COLUMNS if c not in columns]
     if missing:
         raise AutoresearchError(
             f"{path} line 1 is not a results.tsv header: missing column(s) {', '.join(missing)} "
             f"(expected tab-separated {' '.join(UPSTREAM_COLUMNS)} ...)"
         )
-    table = Table(path=path, columns=columns)
+    table = Table(path=path, columns=columns, metric=metric)
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -75,7 +79,7 @@ def read_results(path: Path) -> Table:
         if len(fields) != len(columns):
             row, problem = {}, f"expected {len(columns)} fields, found {len(fields)}"
         else:
-            row, problem = _parse_row(dict(zip(columns, fields)))
+            row, problem = _parse_row(dict(zip(columns, fields)), metric == "val_bpb")
         if problem and number == len(lines) and not text.endswith(("\n", "\r")):
             table.torn_line = number  # the writer was killed mid-line; it cuts this off itself
         elif problem:
@@ -89,15 +93,15 @@ def read_results(path: Path) -> Table:
     return table
 
 
-def _parse_row(raw: dict) -> tuple[dict, str | None]:
+def _parse_row(raw: dict, lab: bool = True) -> tuple[dict, str | None]:
     row = {key: value.strip() for key, value in raw.items()}
     status = row["status"].lower()
     if status not in ROW_STATUSES:
         return row, f"status {row['status']!r} is not keep, discard, crash or trial"
     row["status"] = status
     val = _number(row["val_bpb"])
-    if status != "crash" and (val is None or not math.isfinite(val) or val <= 0):
-        return row, f"val_bpb {row['val_bpb']!r} is not a positive number"
+    if status != "crash" and (val is None or not math.isfinite(val) or (lab and val <= 0)):
+        return row, f"val_bpb {row['val_bpb']!r} is not a positive number" if lab else f"{row['val_bpb']!r} is not a number"
     row["val_bpb"] = val if status != "crash" else None  # crashes log 0.000000
     for name, text in list(row.items()):  # the writer's own parsers (results.SCHEMA), leniently
         if name in PARSERS and name not in ("val_bpb", "status", "started_at"):
@@ -149,10 +153,11 @@ def read_run(folder: Path) -> dict | None:
 
 
 def find_root(start: Path) -> Path:
-    """The nearest folder at or above `start` holding train.py and a results/ folder."""
+    """The nearest folder at or above `start` holding train.py (or a declared target's
+    autoresearch.toml) and a results/ folder."""
     start = Path(start).resolve()
     for folder in [start, *start.parents]:
-        if (folder / "train.py").is_file() and (folder / "results").is_dir():
+        if ((folder / "train.py").is_file() or (folder / "autoresearch.toml").is_file()) and (folder / "results").is_dir():
             return folder
     raise AutoresearchError(
         f"no folder with train.py and results/ in {start} or above; "
@@ -213,16 +218,22 @@ def summarize(table: Table, run: dict | None = None, tag: str | None = None,
     baseline = _experiment_brief(valid[0]) if valid else None
     baselines = baseline_numbers(experiments)
     changes = Counter(e.status for e in decided if e.number not in baselines)
-    kept = kept_with_deltas(experiments, baseline, noise)
+    # A declared target's direction (run.json): gains are signed so that positive is better.
+    sign = -1.0 if (run or {}).get("direction") == "max" else 1.0
+    if table.metric != "val_bpb":  # the lab's CUDA noise floor means nothing in another metric's units
+        noise = float((run or {}).get("min_delta") or 0.0)
+    kept = kept_with_deltas(experiments, baseline, noise, sign)
     best = best_of(experiments)
     best_brief = next((k for k in kept if k["experiment"] == best.experiment), None)
-    improvement = round(baseline["val_bpb"] - best.mean, 9) if best.mean is not None and baseline else None
+    improvement = round(sign * (baseline["val_bpb"] - best.mean), 9) if best.mean is not None and baseline else None
     hits = sorted((k for k in kept if k["delta"] is not None), key=lambda k: -k["delta"])
     n_decided = changes["keep"] + changes["discard"]
     return {
         "source": str(table.path.resolve()),
         "tag": tag,
         "format": "autoresearch" if len(table.columns) > len(UPSTREAM_COLUMNS) else "upstream",
+        "metric": table.metric,
+        "higher_is_better": sign < 0,
         "state": run.get("state") if run else None,
         "run": _run_info(run),
         "experiments": len(experiments),
@@ -365,7 +376,7 @@ def extra_trial_effect(experiments, run: dict | None = None) -> dict:
             "confirmed_experiments": confirmed, "changed": changed}
 
 
-def kept_with_deltas(experiments, baseline: dict | None, noise: float) -> list[dict]:
+def kept_with_deltas(experiments, baseline: dict | None, noise: float, sign: float = 1.0) -> list[dict]:
     """Kept experiments in order; each one's delta is the previous kept mean minus its own (the
     first kept one is measured against the baseline, so the baseline itself has none), with its
     evidence: trials, spread, and the gain in units of the pooled sigma."""
@@ -378,7 +389,7 @@ def kept_with_deltas(experiments, baseline: dict | None, noise: float) -> list[d
         is_baseline = baseline is not None and exp.number == baseline["experiment"]
         reference = previous if previous is not None else (None if is_baseline or baseline is None else baseline["val_bpb"])
         # val_bpb is logged to 6 decimals: round so 0.9903 - 0.99 is 3e-4, not 2.9999e-4
-        delta = round(reference - entry["val_bpb"], 9) if reference is not None else None
+        delta = round(sign * (reference - entry["val_bpb"]), 9) if reference is not None else None
         entry["delta"] = delta
         entry["within_noise"] = delta is not None and delta < noise
         entry["margin_sigma"] = round(delta / sigma, 2) if delta is not None and sigma else None

@@ -78,9 +78,11 @@ class Prepared:
 class Asker:
     """One ask at a time, in a thread, in a scratch worktree."""
 
-    def __init__(self, proposer, scratch_root: Path, prefix: str = "ask", finished: threading.Event | None = None):
+    def __init__(self, proposer, scratch_root: Path, prefix: str = "ask", finished: threading.Event | None = None,
+                 edit: tuple[str, ...] = ("train.py",)):
         self.proposer = proposer
         self.finished = finished or threading.Event()  # set when the ask ends (shared by Asking)
+        self.edit = tuple(edit)  # the files a proposal may change (the lab: train.py)
         self.prefix = prefix  # the scratch worktree's name: ask-NNNN-xxxxxx (fix-... for a fix)
         self.scratch_root = Path(scratch_root)
         self._thread: threading.Thread | None = None
@@ -113,9 +115,15 @@ class Asker:
         try:
             proposal = self.proposer.propose(prepared.ctx)
             if scratch is not None:
-                check_scratch(scratch, prepared.base, proposal)
-            if proposal.train_py == prepared.base_train_py:
-                raise ProposerError("the proposal leaves train.py unchanged", proposal.usage, proposal.raw)
+                check_scratch(scratch, prepared.base, proposal, self.edit)
+            base = dict(prepared.ctx.files)
+            outside = sorted(set(proposal.files) - set(self.edit))
+            if outside:
+                raise ProposerError(f"the proposal changes {outside[0]}, which is not an edit file "
+                                    f"({', '.join(self.edit)})", proposal.usage, proposal.raw)
+            if {**base, **proposal.files} == base:
+                raise ProposerError(f"the proposal leaves {', '.join(self.edit)} unchanged", proposal.usage,
+                                    proposal.raw)
             prepared.proposal = proposal
         except ProposerError as err:
             prepared.error = err
@@ -233,6 +241,7 @@ class Asking:
     paused_until: float = 0.0
     clock: Callable[[], float] = time.monotonic
     ask_ended: threading.Event = field(default_factory=threading.Event)
+    edit: tuple[str, ...] = ("train.py",)  # the files a proposal may change
 
     def wait(self, timeout: float) -> None:
         """Until an ask ends (or `timeout`)."""
@@ -243,7 +252,7 @@ class Asking:
               repo: Path, crashed: tuple | None = None, while_training: bool = False, again: str = "") -> Ask:
         """Ask in a thread; a scratch worktree git cannot make raises ProposerError."""
         asker = Asker(self.proposer, self.scratch_root, prefix="fix" if kind == "fix" else "ask",
-                      finished=self.ask_ended)
+                      finished=self.ask_ended, edit=self.edit)
         ask = Ask(kind, number, asker, record, crashed, while_training, again)
         asker.start(ctx, base, base_train_py, repo)
         self.in_flight.append(ask)
@@ -308,20 +317,23 @@ class Asking:
         Asker(self.proposer, self.scratch_root).clear_scratch(repo)
 
 
-def check_scratch(scratch: Path, base: str, proposal: Proposal) -> None:
-    """An agent's commits in the scratch are undone (files kept); a change to any file but
-    train.py, or a train.py that is no longer a regular file, is a failed proposal."""
+def check_scratch(scratch: Path, base: str, proposal: Proposal, edit: tuple[str, ...] = ("train.py",)) -> None:
+    """An agent's commits in the scratch are undone (files kept); a change to any file but the
+    edit files (the lab: train.py), or an edit file that is no longer a regular file, is a failed
+    proposal."""
     if _git(scratch, "rev-parse", "HEAD").strip() != _git(scratch, "rev-parse", base).strip():
         _git(scratch, "reset", "--mixed", "--quiet", base)
-    train = scratch / "train.py"
-    if train.is_symlink() or not train.is_file():
-        raise ProposerError("the proposer replaced train.py with a symlink or a non-file; it must stay a file",
-                            proposal.usage, proposal.raw)
+    for name in edit:
+        path = scratch / name
+        if path.is_symlink() or not path.is_file():
+            raise ProposerError(f"the proposer replaced {name} with a symlink or a non-file; it must stay a file",
+                                proposal.usage, proposal.raw)
     out = _git(scratch, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored", "--no-renames")
-    stray = sorted(p for p in {e[3:] for e in out.split("\0") if len(e) > 3} if p != "train.py")
+    stray = sorted(p for p in {e[3:] for e in out.split("\0") if len(e) > 3} if p not in edit)
     if stray:
         shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
-        raise ProposerError("the proposer changed files other than train.py: " + shown, proposal.usage, proposal.raw)
+        raise ProposerError(f"the proposer changed files other than {', '.join(edit)}: " + shown, proposal.usage,
+                            proposal.raw)
 
 
 # ---------------------------------------------------------------------------
@@ -355,6 +367,18 @@ def rebase_train_py(old_base: str, new_base: str, proposed: str) -> str | None:
     if done.returncode != 0:  # > 0: that many conflicts; < 0: an error
         return None
     return done.stdout
+
+
+def rebase_files(old_base: dict[str, str], new_base: dict[str, str], proposed: dict[str, str]) -> dict[str, str] | None:
+    """rebase_train_py for each file `proposed` changes (path -> text): the proposal's files
+    re-applied on `new_base`, or None when any of them overlaps or does not merge."""
+    merged = {}
+    for name, text in proposed.items():
+        out = rebase_train_py(old_base[name], new_base[name], text)
+        if out is None:
+            return None
+        merged[name] = out
+    return merged
 
 
 # ---------------------------------------------------------------------------

@@ -59,6 +59,47 @@ def prepare(ctx: typer.Context):
 
 
 # ---------------------------------------------------------------------------
+# init: declare your own program as the target (autoresearch/init.py)
+# ---------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    edit: list[str] = typer.Option(None, "--edit", help="A file (or glob) the proposals may change; repeat for several."),
+    run_: str = typer.Option(None, "--run", help="The experiment command, run in the repository: \"python evaluate.py\"."),
+    metric: str = typer.Option(None, "--metric", help="The name the command prints as `name: value`."),
+    direction: str = typer.Option(None, "--direction", help="max (higher is better) or min (lower is better)."),
+    timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="Seconds before one run is killed."),
+    require: list[str] = typer.Option(None, "--require", help="A line every run must print, e.g. 'correct: True'; repeatable."),
+    context: list[str] = typer.Option(None, "--context", help="A fixed file shown to the proposer; repeatable."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing autoresearch.toml."),
+    repo: Path = typer.Option(None, "--repo", help="The repository (default: the current folder)."),
+):
+    """Declare your own program as the target: dry-run it once, then write autoresearch.toml."""
+    import sys
+
+    from autoresearch.init import init_target
+
+    with user_errors():
+        answers = {"edit": edit, "run": run_, "metric": metric, "direction": direction}
+        missing = [k for k, v in answers.items() if not v]
+        if missing and not sys.stdin.isatty():
+            raise AutoresearchError(f"init needs --{missing[0]} (or run it on a terminal to be asked)")
+        if not edit:
+            edit = typer.prompt("File(s) the proposals may edit (comma-separated)").replace(",", " ").split()
+        run_ = run_ or typer.prompt("Command that runs one experiment")
+        metric = metric or typer.prompt("Metric name it prints (as `name: value`)")
+        direction = direction or typer.prompt("Direction: max (higher is better) or min", default="max")
+        done = init_target(Path(repo or Path.cwd()), edit, run_, metric, direction.strip().lower(), timeout,
+                           require, context, force)
+    m = done.dry_run.measured
+    typer.echo(f"dry run: {done.target.metric} = {m.value:g} ({done.dry_run.seconds:.1f} s, "
+               f"{'higher' if done.target.higher_is_better else 'lower'} is better)")
+    typer.echo(f"wrote {', '.join(done.wrote)}; next: git add {' '.join(done.wrote)} && git commit, "
+               "then autoresearch run --tag <name>")
+
+
+# ---------------------------------------------------------------------------
 # run / demo
 # ---------------------------------------------------------------------------
 

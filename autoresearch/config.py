@@ -95,12 +95,23 @@ class RunConfig:
             self.options.run_dir = self.repo_root / "results" / self.tag
 
 
+def find_research_root(start: Path) -> Path:
+    """The nearest folder at or above `start` with an autoresearch.toml (a declared target) or
+    the lab's prepare.py and train.py; the lab's error when there is neither."""
+    for folder in [start, *start.parents]:
+        if (folder / "autoresearch.toml").is_file():
+            return folder
+        if (folder / "prepare.py").is_file() and (folder / "train.py").is_file():
+            return folder
+    return find_lab(start)  # raises its one-line error
+
+
 def from_cli(tag: str, repo: Path | None = None, proposer: str = "hparam", model: str | None = None,
              base_url: str | None = None, command: str | None = None, seed: int = 0,
              sampler: str = "tpe", **settings) -> RunConfig:
     """`autoresearch run`'s options as a RunConfig: the proposer's go to ProposerOptions, the
     rest are RunConfig fields of the same name."""
     check_tag(tag)
-    root = find_lab(Path(repo or Path.cwd()).resolve())
+    root = find_research_root(Path(repo or Path.cwd()).resolve())
     options = ProposerOptions(model=model, base_url=base_url, command=command, seed=seed, sampler=sampler)
     return RunConfig(repo_root=root, tag=tag, proposer=proposer, options=options, **settings)

@@ -6,7 +6,7 @@ No git, no files, no clock: the loop gathers the values, calls these, and applie
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -37,11 +37,25 @@ class Decision:
     combine: bool = False  # a win over a best that has moved: re-apply the change on the new best
 
 
-def judge_run(result: RunResult, reasons: Sequence[str], cache_changed: bool, model: Path | None) -> Trained:
+def judge_run(result: RunResult, reasons: Sequence[str], cache_changed: bool, model: Path | None,
+              target=None, log: str = "") -> Trained:
     """A crash for what the run did (`reasons`: tampering, a held-out read, a changed cache), for
-    how it ended, or for its val_bpb; otherwise ok, to be judged against its base."""
+    how it ended, or for its val_bpb; otherwise ok, to be judged against its base.
+
+    A declared target (`target`, a target.Target that is not the lab) is judged by its own
+    output instead (judge.judge_output: the metric, require lines, a metric printed twice,
+    constraints); its value is carried as the result's val_bpb, the row's second column."""
     if reasons:
         return Trained(result, "crash", "; ".join(reasons), cache_changed=cache_changed)
+    if target is not None and not target.lab and result.status not in ("timeout", "cancelled", "lost"):
+        from autoresearch.judge import judge_output
+
+        measured = judge_output(target, log, result.returncode)
+        result.metrics = {**measured.metrics, "val_bpb": measured.value}
+        result.status, result.reason = ("ok", "") if measured.ok else ("crash", measured.reason)
+        if not measured.ok:
+            return Trained(result, "crash", measured.reason, fixable=True)
+        return Trained(result, "ok", "", val_bpb=float(measured.value))
     if result.status != "ok":
         return Trained(result, "crash", result.reason or result.status,
                        fixable=result.status in ("crash", "diverged"))
@@ -52,7 +66,8 @@ def judge_run(result: RunResult, reasons: Sequence[str], cache_changed: bool, mo
 
 
 def decide(trained: Trained, earlier: Sequence[float], trial: int, *, baseline: bool, parent: str,
-           base: Sequence[float], moved_to: str | None, noise: Noise, rule: str, min_delta: float, baseline_repeats: int) -> Decision:
+           base: Sequence[float], moved_to: str | None, noise: Noise, rule: str, min_delta: float, baseline_repeats: int,
+           direction: str = "min") -> Decision:
     """The row of trial `trial` (`earlier`: the measured values of the trials before it).
 
     A baseline trial sets the bar: `trial` until it has its repeats, then keep. A candidate is
@@ -68,9 +83,25 @@ def decide(trained: Trained, earlier: Sequence[float], trial: int, *, baseline: 
         mean = sum(values) / len(values)
         status = "keep" if len(values) >= baseline_repeats else "trial"
         return Decision(status, "", Verdict("keep", mean, 0.0, None, "baseline", noise.sigma))
-    verdict = judge(rule, values, tuple(base), noise, min_delta)
+    verdict = judge_by_direction(direction, rule, values, tuple(base), noise, min_delta)
     status = {"keep": "keep", "discard": "discard", "confirm": "trial"}[verdict.decision]
     if status == "keep" and moved_to is not None:
         return Decision("discard", f"beat its base {parent} ({verdict.why}), but the best moved to {moved_to}", verdict,
                         combine=True)
     return Decision(status, verdict.why, verdict)
+
+
+def judge_by_direction(direction: str, rule: str, values: Sequence[float], base: Sequence[float], noise: Noise,
+                       min_delta: float) -> Verdict:
+    """keep_rule.judge, which takes lower as better, for either direction: for "max" it judges
+    the negated values (the noise is the same) and the verdict is turned back into the metric's
+    own units (mean as measured, delta = mean minus the base's mean, positive when better). The
+    one place where direction meets the keep rule."""
+    if direction == "min":
+        return judge(rule, values, base, noise, min_delta)
+    verdict = judge(rule, [-v for v in values], [-v for v in base], noise, min_delta)
+    mean, delta = -verdict.mean, -verdict.delta
+    why = verdict.why
+    if rule == "greedy":
+        why = f"greedy: {mean:.6f} vs best {mean - delta:.6f} (higher is better)"
+    return replace(verdict, mean=mean, delta=delta, why=why)

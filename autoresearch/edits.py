@@ -1,4 +1,4 @@
-"""SEARCH/REPLACE edits to train.py: parse a model's reply leniently, apply it strictly.
+"""SEARCH/REPLACE edits to the edit files (train.py in the lab): parse leniently, apply strictly.
 
 The reply format every proposer asks for (see proposers/prompt.py):
 
@@ -15,11 +15,14 @@ The reply format every proposer asks for (see proposers/prompt.py):
     ```
 
 Parsing is lenient: prose anywhere, fences or none, CRLF, 5-9 marker characters, trailing spaces
-on markers, a missing filename (means train.py). Applying is strict: a SEARCH must match exactly
+on markers, a missing filename (means the previous block's file, else the only edit file:
+train.py in the lab). A reply may edit several files, each block naming its file on the line
+before its fence (aider's form); a block for a file that is not an edit file is refused with a
+message naming the edit files. Applying is strict: a SEARCH must match exactly
 once, first byte-for-byte, then ignoring trailing whitespace and a uniform indentation shift,
 then ignoring blank lines at its edges. Never fuzzy. A SEARCH that matches nowhere or more than
 once is an EditError that names the block and shows the nearest real lines, so the model can fix
-it. An empty SEARCH means "replace the whole file" and is only allowed as the reply's one block.
+it. An empty SEARCH means "replace the whole file" and is only allowed as its file's one block.
 All blocks apply or none do.
 """
 
@@ -68,8 +71,9 @@ class Reply:
 # ---------------------------------------------------------------------------
 
 
-def parse_reply(text: str) -> Reply:
-    """HYPOTHESIS/DESCRIPTION lines and SEARCH/REPLACE blocks of a reply; raises EditError."""
+def parse_reply(text: str, default_path: str = TARGET) -> Reply:
+    """HYPOTHESIS/DESCRIPTION lines and SEARCH/REPLACE blocks of a reply; raises EditError.
+    A block that names no file (nor follows one that does) gets `default_path` ("": unnamed)."""
     lines = _normalise_newlines(text).split("\n")
     reply = Reply()
     i = 0
@@ -77,7 +81,7 @@ def parse_reply(text: str) -> Reply:
     while i < len(lines):
         line = lines[i]
         if HEAD.match(line):
-            path = _filename_before(lines, i) or current_path or TARGET
+            path = _filename_before(lines, i) or current_path or default_path
             current_path = path
             block, i = _read_block(lines, i, len(reply.blocks) + 1, path)
             reply.blocks.append(block)
@@ -159,16 +163,22 @@ def _looks_like_path(s: str) -> bool:
     return bool(s) and not any(c.isspace() for c in s) and ("." in s or "/" in s or "\\" in s)
 
 
-def check_path(path: str) -> str | None:
-    """None if `path` names train.py, else why it is refused."""
+def check_path(path: str, allowed=(TARGET,)) -> str | None:
+    """None if `path` names one of the `allowed` edit files, else why it is refused."""
     raw = path.replace("\\", "/")
+    if not raw:
+        return "no file (put the file's path on the line before the block's fence)"
     if raw.startswith("/") or re.match(r"^[A-Za-z]:/", raw):
         return f"`{path}` is an absolute path"
     if ".." in raw.split("/"):
         return f"`{path}` leaves the repository"
-    if posixpath.normpath(raw) != TARGET:
-        return f"`{path}` is not train.py"
+    if posixpath.normpath(raw) not in allowed:
+        return f"`{path}` is not {' or '.join(allowed)}"
     return None
+
+
+def normal_path(path: str) -> str:
+    return posixpath.normpath(path.replace("\\", "/"))
 
 
 # ---------------------------------------------------------------------------
@@ -177,46 +187,70 @@ def check_path(path: str) -> str | None:
 
 
 def apply_blocks(source: str, blocks: list[EditBlock]) -> str:
-    """Return `source` with every block applied in order; raises EditError, applying nothing."""
+    """Return train.py's `source` with every block applied in order; raises EditError, applying nothing."""
+    return apply_file_blocks({TARGET: source}, blocks)[TARGET]
+
+
+def apply_file_blocks(files: dict[str, str], blocks: list[EditBlock]) -> dict[str, str]:
+    """Every edit file (path -> text) with the blocks applied in order, each to the file it
+    names; raises EditError, applying nothing. `files` holds every edit file, edited or not."""
+    allowed = tuple(files)
+    names = " or ".join(allowed)
     if not blocks:
         raise EditError(
             "Your reply contained no SEARCH/REPLACE block. Reply with HYPOTHESIS:, DESCRIPTION: "
-            "and one or more blocks that edit train.py."
+            f"and one or more blocks that edit {names}."
         )
     for block in blocks:
-        refused = check_path(block.path)
+        refused = check_path(block.path, allowed)
         if refused:
             raise EditError(
-                f"Block {block.index} edits {refused}. Only train.py may be edited; "
-                "send blocks for train.py only."
+                f"Block {block.index} edits {refused}. Only {', '.join(allowed)} may be edited; "
+                f"send blocks for {names} only."
             )
-    whole_file = [b for b in blocks if not b.search.strip()]
-    if whole_file:
-        if len(blocks) > 1:
-            raise EditError(
-                f"Block {whole_file[0].index} has an empty SEARCH, which means 'replace the whole "
-                "file', but the reply has other blocks too. Copy the lines to change into SEARCH."
-            )
-        if not blocks[0].replace.strip():
-            raise EditError("Block 1 has an empty SEARCH and an empty REPLACE: that deletes train.py.")
-        return blocks[0].replace
-    text = source
+    out = dict(files)
+    by_file: dict[str, list[EditBlock]] = {}
     for block in blocks:
-        text = _apply_one(text, block, len(blocks))
-    return text
+        by_file.setdefault(normal_path(block.path), []).append(block)
+    for name, own in by_file.items():
+        whole_file = [b for b in own if not b.search.strip()]
+        if whole_file:
+            if len(own) > 1:
+                raise EditError(
+                    f"Block {whole_file[0].index} has an empty SEARCH, which means 'replace the whole "
+                    f"file', but the reply has other blocks for {name} too. Copy the lines to change into SEARCH."
+                )
+            if not own[0].replace.strip():
+                raise EditError(f"Block {own[0].index} has an empty SEARCH and an empty REPLACE: that deletes {name}.")
+            out[name] = own[0].replace
+            continue
+        for block in own:
+            out[name] = _apply_one(out[name], block, len(blocks), name)
+    return out
 
 
 def apply_reply(source: str, text: str) -> tuple[Reply, str]:
-    """Parse a reply and apply it; the new text must still be valid Python."""
-    reply = parse_reply(text)
-    new = apply_blocks(source, reply.blocks)
-    if new == source:
-        raise EditError("The edit leaves train.py unchanged. Propose a real change.")
-    check_syntax(new)
+    """Parse a reply and apply it to train.py; the new text must still be valid Python."""
+    reply, new = apply_reply_files({TARGET: source}, text)
+    return reply, new[TARGET]
+
+
+def apply_reply_files(files: dict[str, str], text: str) -> tuple[Reply, dict[str, str]]:
+    """Parse a reply and apply it to the edit files (path -> text); returns every edit file's
+    new text. Something must change, and every changed .py file must still be valid Python."""
+    default = next(iter(files)) if len(files) == 1 else ""
+    reply = parse_reply(text, default)
+    new = apply_file_blocks(files, reply.blocks)
+    changed = [name for name in files if new[name] != files[name]]
+    if not changed:
+        raise EditError(f"The edit leaves {' and '.join(files)} unchanged. Propose a real change.")
+    for name in changed:
+        if name.endswith(".py"):
+            check_syntax(new[name], name)
     return reply, new
 
 
-def check_syntax(text: str) -> None:
+def check_syntax(text: str, name: str = TARGET) -> None:
     try:
         ast.parse(text)
     except SyntaxError as err:
@@ -224,12 +258,12 @@ def check_syntax(text: str) -> None:
         lo, hi = max(0, (err.lineno or 1) - 3), min(len(lines), (err.lineno or 1) + 2)
         shown = "\n".join(lines[lo:hi])
         raise EditError(
-            f"After the edit train.py is not valid Python: {err.msg} at line {err.lineno}:\n"
+            f"After the edit {name} is not valid Python: {err.msg} at line {err.lineno}:\n"
             f"```\n{shown}\n```\nFix the edit."
         ) from None
 
 
-def _apply_one(text: str, block: EditBlock, total: int) -> str:
+def _apply_one(text: str, block: EditBlock, total: int, name: str = TARGET) -> str:
     whole = text.split("\n")
     trailing_newline = text.endswith("\n")
     if trailing_newline:
@@ -245,11 +279,11 @@ def _apply_one(text: str, block: EditBlock, total: int) -> str:
         if len(starts) > 1:
             where = ", ".join(str(s + 1) for s in starts[:6])
             raise EditError(
-                f"{_name(block, total)} matches {len(starts)} places in train.py (lines {where}). "
+                f"{_name(block, total)} matches {len(starts)} places in {name} (lines {where}). "
                 "Add surrounding lines to the SEARCH so that it matches exactly one place. "
                 "No block was applied; send all blocks again."
             )
-    raise EditError(_not_found_message(whole, block, total))
+    raise EditError(_not_found_message(whole, block, total, name))
 
 
 def _lines(text: str) -> list[str]:
@@ -346,22 +380,22 @@ def _reindent(lines: list[str], shift) -> list[str]:
     return out
 
 
-def _not_found_message(whole: list[str], block: EditBlock, total: int) -> str:
+def _not_found_message(whole: list[str], block: EditBlock, total: int, name: str = TARGET) -> str:
     search = _lines(block.search)
     shown = "\n".join(search[:MAX_SHOWN_LINES]) + ("\n..." if len(search) > MAX_SHOWN_LINES else "")
     msg = [
-        f"{_name(block, total)} was not found in train.py. Its SEARCH was:",
+        f"{_name(block, total)} was not found in {name}. Its SEARCH was:",
         f"```\n{shown}\n```",
     ]
     lo, hi = nearest_window(whole, search)
     if hi > lo:
         near = "\n".join(whole[lo:hi])
-        msg.append(f"The nearest real lines of train.py (lines {lo + 1}-{hi}) are:\n```\n{near}\n```")
+        msg.append(f"The nearest real lines of {name} (lines {lo + 1}-{hi}) are:\n```\n{near}\n```")
     replace_body = block.replace.strip("\n")
     if replace_body and replace_body in "\n".join(whole):
-        msg.append("The REPLACE lines are already in train.py: is this block needed at all?")
+        msg.append(f"The REPLACE lines are already in {name}: is this block needed at all?")
     msg.append(
-        "The SEARCH lines must be copied exactly from the current train.py, including indentation "
+        f"The SEARCH lines must be copied exactly from the current {name}, including indentation "
         "and comments. No block was applied; send all blocks again, fixed."
     )
     return "\n".join(msg)

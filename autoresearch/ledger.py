@@ -89,7 +89,7 @@ class Best:
 
 def _measured(row) -> bool:
     value = row.val_bpb
-    return row.status != "crash" and value is not None and value > 0
+    return row.status != "crash" and value is not None  # a declared metric may be <= 0
 
 
 def group(rows: Iterable) -> list[Experiment]:
@@ -118,9 +118,9 @@ class Ledger:
     """results/<tag>/: results.tsv with its lock (ledger.lock) and number counter (numbers), and
     run.json (the run's state and what was spent outside any row)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, metric: str = "val_bpb"):
         self.folder = Path(folder)
-        self.file = ResultsFile(self.folder / "results.tsv")
+        self.file = ResultsFile(self.folder / "results.tsv", metric)  # a declared target's metric names column 2
         self.lock_path = self.folder / "ledger.lock"
         self.numbers_path = self.folder / "numbers"
         self.state_path = self.folder / "run.json"

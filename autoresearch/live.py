@@ -58,6 +58,8 @@ class ViewState:
     failed_cost_usd: float = 0.0  # of proposals that never became a row (run.json keeps it)
     message: str = ""
     started: float = field(default_factory=time.monotonic)
+    metric: str = "val_bpb"  # a declared target's metric name
+    higher_is_better: bool = False
 
     def add_row(self, row: dict) -> None:
         self.rows.append(row)
@@ -81,7 +83,7 @@ def clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def row_line(row: dict, delta: float | None) -> str:
+def row_line(row: dict, delta: float | None, metric: str = "val_bpb") -> str:
     """One finished trial as a log line, e.g. `[0003] keep val_bpb=0.991234 (-0.001200) ...`. The
     change shown is the one the verdict used: the row's `delta` (the experiment's mean minus the
     best's mean) where the loop logged it, else `delta` as given (this trial against the best)."""
@@ -97,7 +99,7 @@ def row_line(row: dict, delta: float | None) -> str:
     else:
         change = f" ({delta:+.6f})" if delta is not None else ""
     means = f" mean={float(mean):.6f}" if mean is not None and trial > 1 else ""
-    return f"{head} val_bpb={float(row['val_bpb']):.6f}{means}{change} {row['description']}"
+    return f"{head} {metric}={float(row['val_bpb']):.6f}{means}{change} {row['description']}"
 
 
 def phase_line(state: ViewState, now: float) -> str:
@@ -136,7 +138,7 @@ def header(state: ViewState, now: float) -> Table:
     counts = state.counts
     grid.add_row("run", f"{state.tag}  ({state.proposer}{' ' + state.model if state.model else ''})")
     grid.add_row("now", phase_line(state, now))
-    grid.add_row("best val_bpb", best)
+    grid.add_row(f"best {state.metric}" + (" (higher is better)" if state.higher_is_better else ""), best)
     grid.add_row("noise (sigma)", str(state.standing.noise))
     grid.add_row(
         "experiments",
@@ -156,7 +158,7 @@ def header(state: ViewState, now: float) -> Table:
 
 def rows_table(state: ViewState) -> Table:
     table = Table(expand=True, box=None, header_style="bold")
-    for name, justify in [("#", "right"), ("commit", "left"), ("val_bpb", "right"), ("status", "left")]:
+    for name, justify in [("#", "right"), ("commit", "left"), (state.metric, "right"), ("status", "left")]:
         table.add_column(name, justify=justify, no_wrap=True)
     table.add_column("description", ratio=1, overflow="ellipsis", no_wrap=True)
     for row in state.rows:
@@ -214,7 +216,13 @@ class View:
         if standing is not None:
             self.state.standing = standing
         self.state.message = ""
-        self.show(row_line(row, delta))
+        self.show(row_line(row, delta, self.state.metric))
+
+    def target(self, metric: str, higher_is_better: bool) -> None:
+        """A declared target: its metric's name where val_bpb stands, and its direction."""
+        self.state.metric, self.state.higher_is_better = metric, higher_is_better
+        if higher_is_better:
+            self.show(f"target: {metric}, higher is better")
 
     def note(self, text: str) -> None:
         self.state.message = text

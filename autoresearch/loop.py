@@ -3,39 +3,26 @@ the noise (docs/keep_rule.md). One algorithm for one worker and for many: the se
 this loop with a pool of one.
 
     until a limit:                                                        (Run.loop)
-        collect  finished asks -> ideas ready for a worker, or fixes to train
-                 finished trainings -> checked (tampering, held-out reads, the cache), a crash
-                 shown to the proposer for a fix, or waiting to be settled
-        settle   each finished trial whose base has its verdict, in trial order: decide.decide
-                 -> audit a keep -> the row (the commit point) -> the branch to the best ->
-                 a win over a moved best re-applied on it as a new experiment (a combination)
-        launch   on every free worker, first what must run (a rerun, a fix, a combination, a
-                 confirm, a baseline repeat), then the oldest idea, rebased if the best moved
-        ask      keep ideas coming: one per idle worker, or one per worker ahead while they
-                 train when the proposer is slow (speculation), each against the best as it
-                 stands, with what is running in its history
+        collect  finished asks (ideas, fixes) and trainings (checked: tampering, the cache)
+        settle   each finished trial whose base has its verdict: decide -> audit a keep ->
+                 the row (the commit point) -> the branch -> maybe a combination
+        launch   on every free worker: a rerun, a fix, a combination, a confirm or baseline
+                 repeat, else the oldest idea (rebased if the best moved)
+        ask      one idea per idle worker, or one per worker ahead when the proposer is slow
 
-How a candidate is judged: against the best it was built on (its row's `parent`), every trial of
-that commit. When the best has moved since, a candidate that beat its base is not kept blindly:
-its row is a `discard` that says so, and its change is re-applied on the new best by a 3-way
-merge as a new experiment with role `combine`, measured and judged like any candidate.
-
-Crash consistency (docs/reliability.md): results.tsv is the only record that counts. A trial's
-artefacts are written first, then its row is appended and fsynced (the commit point), and only
-then does the branch move; every start moves the branch to the best the rows name and stops what
-a killed run left running. Numbers are never reused. Trainings run in their workers' scratch
-folders; the run's records are restored if a training changed them. Ctrl-C stops every ask and
-training, leaves the branch at the best and run.json `stopped`; the same command resumes.
+A candidate is judged against the commit it was built on; a win over a best that has moved since
+is re-measured as a combination (docs/ray.md). Crash consistency (docs/reliability.md): a
+trial's artefacts are written first, then its fsynced row (the commit point), then the branch
+moves; every start moves the branch to the best the rows name. Numbers are never reused.
 """
 
 import os
+import shutil
 import time
 from pathlib import Path
 
-import shutil
-
 from autoresearch import opening, proposal_log
-from autoresearch.asking import Asking, Idea, Prepared, Retry, rebase_train_py, speculation_label, wants_an_ask
+from autoresearch.asking import Asking, Idea, Prepared, Retry, rebase_files, speculation_label, wants_an_ask
 from autoresearch.config import RunConfig, from_cli
 from autoresearch.decide import Decision, Trained, decide, judge_run
 from autoresearch.errors import AutoresearchError
@@ -43,7 +30,7 @@ from autoresearch.html_report import write_html_report
 from autoresearch.keep_rule import Noise, pooled_noise
 from autoresearch.lab import LabSettings, detect_profile
 from autoresearch.ledger import Best, Ledger
-from autoresearch.live import Standing, View, make_view
+from autoresearch.live import View, make_view
 from autoresearch.proposers import Context, ProposerError, Usage
 from autoresearch.records import RunLock, RunState
 from autoresearch.gpus import check_workers, pin_env
@@ -53,6 +40,7 @@ from autoresearch.tracking import NoTracking, open_tracking
 from autoresearch.trials import (Change, Launch, RunPaths, baseline_change, commit_message, make_row,
                                  running_entries)
 from autoresearch.trust import HANDOFF_ENV, Audited, drop_models, model_path, rebuild_hint
+from autoresearch import target as targets
 
 RunOutcome = opening.RunOutcome
 __all__ = ["RunConfig", "RunOutcome", "run", "run_from_cli"]
@@ -68,13 +56,14 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
     configured backend, make_view() and the configured workers."""
     paths = RunPaths(config.repo_root, config.tag)
     opening.check_start(config, RunState.load(paths.state))  # before results/<tag>/ is created
+    target = opening.load_declared(config)  # None: the lab; bad autoresearch.toml: one line, nothing made
     built = proposer is None
     if built:
         from autoresearch.proposers import get_proposer
 
         proposer = get_proposer(config.proposer, config.options)
     check_workers(config)  # --ray imports, --gpus resolves and torch sees it: before anything exists
-    if config.preflight:  # one line naming the fix, before results/<tag>/ exists or anything trains
+    if config.preflight and target is None:  # one line naming the fix, before results/<tag>/ exists or anything trains
         from autoresearch.doctor import preflight
 
         profile = config.profile or os.environ.get("AUTORESEARCH_PROFILE") or detect_profile()
@@ -85,7 +74,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
     tracking = open_tracking(config.track, paths.dir, config.tag, view.note)  # --track: an observer, never raises
     try:
         with opening.stop_signals_as_interrupt(), RunLock(paths.lock):
-            night = Run(config, proposer, view, paths, pool, tracking)
+            night = Run(config, proposer, view, paths, pool, tracking, target)
             try:
                 night.start()
                 return night.loop()
@@ -108,14 +97,17 @@ class Run(opening.Lifecycle):
     """One invocation of `autoresearch run` on one tag. It alone writes the record (through the
     Ledger), moves the branch (the Workspace) and asks the proposer (Asking); workers only train."""
 
-    def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths, pool=None, tracking=None):
+    def __init__(self, config: RunConfig, proposer, view: View, paths: RunPaths, pool=None, tracking=None,
+                 target=None):
         self.config, self.proposer, self.view, self.paths = config, proposer, view, paths
         self.tracking = tracking or NoTracking()  # --track: MLflow / W&B, an observer of the rows
-        self.ledger = Ledger(paths.dir)
+        self.target = target  # a declared target (target.Target), or None: the nanochat lab
+        self.edit = target.edit if target is not None else ("train.py",)  # what a proposal may change
+        self.ledger = Ledger(paths.dir, target.metric if target is not None else "val_bpb")
         self.pool = pool  # made in start() unless given (tests)
         scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
         self.asking = Asking(proposer, scratch, config.max_consecutive_proposer_failures, config.pause_seconds,
-                             config.pause_max_seconds, self.ledger, view, paths.run_dir)
+                             config.pause_max_seconds, self.ledger, view, paths.run_dir, edit=self.edit)
         self.speculating = config.speculate and proposer.speculative
         self.workers_root = Path(config.repo_root) / ".autoresearch" / "workers" / config.tag
         self.workspace = self.trust = None
@@ -247,22 +239,23 @@ class Run(opening.Lifecycle):
         entry = {**proposal_log.proposal_record(proposal, prepared.ctx), "base": prepared.base}
         best = self.best.commit or self.base_short
         rebased = prepared.base != best
+        files = dict(proposal.files)
         if rebased:
-            best_py = self.workspace.read_at(best)
-            merged = rebase_train_py(prepared.base_train_py, best_py, proposal.train_py)
-            if merged is None or merged == best_py:
+            best_files = self.files_at(best)
+            merged = rebase_files(prepared.ctx.files, best_files, files)
+            if merged is None or {**best_files, **merged} == best_files:
                 record["discarded"] = {**entry, "why": f"built on {prepared.base}; its change overlaps or does not "
                                                        f"merge with the new best {best}"}
                 self.spend(proposal.usage.cost_usd)
                 proposal_log.write_json(self.paths.run_dir(n) / "proposal.json", record)
                 self.asking.retry.append(Retry(n, record, "discarded-asked-again"))
                 return None
-            entry = {**entry, "rebased_onto": best, "train_py": merged}
-            proposal.train_py = merged
+            entry = {**entry, "rebased_onto": best, **({"train_py": merged["train.py"]} if "train.py" in merged
+                                                         else {"files": merged})}
+            files = merged
         record["attempts"].append(entry)
         record["speculation"] = self.speculation[n] = speculation_label(idea.while_training, rebased, idea.again)
-        commit = self.workspace.commit_on(best, proposal.train_py,
-                                          commit_message(proposal.description, proposal.hypothesis, n))
+        commit = self.workspace.commit_on(best, files, commit_message(proposal.description, proposal.hypothesis, n))
         change = Change(n, commit, best, proposal.description, proposal.hypothesis, self.proposer.name, proposal.model)
         self.write_proposal(change, record)
         return Launch(change, 1, proposal.usage, record=record, proposal=proposal)
@@ -278,9 +271,13 @@ class Run(opening.Lifecycle):
         n, trial = launch.key
         env = self.lab.env(trial)
         env.update(training_defaults({**os.environ, **env}))  # caches, allocator, device order (runner.py)
-        job = TrainJob(n, trial, self.workspace.read_at(launch.change.commit), self.lab_files, env, self.lab.timeout,
-                       command=self.config.training_command,
-                       outputs={HANDOFF_ENV: MODEL_FILE} if self.trust.audit else {})
+        if self.target is None:
+            job = TrainJob(n, trial, self.workspace.read_at(launch.change.commit), self.lab_files, env, self.lab.timeout,
+                           command=self.config.training_command,
+                           outputs={HANDOFF_ENV: MODEL_FILE} if self.trust.audit else {})
+        else:  # the whole tree: the fixed files of the run's base, the candidate's edit files
+            files = {**self.fixed_files, **self.files_at(launch.change.commit)}
+            job = TrainJob(n, trial, None, files, env, self.target.timeout, command=self.target.argv())
         if self.watching:
             self.trust.before_run(None)
         self.running[self.pool.submit(job)] = launch
@@ -327,7 +324,10 @@ class Run(opening.Lifecycle):
         n, trial = launch.key
         result = output.save_log(self.paths.log(n, trial))
         reasons = [f"modified {name} (restored)" for name in self.ledger.restore()]
-        if output.changed:
+        if output.changed and self.target is not None:  # new files are the program's own; a changed one is not
+            modified = [name for name in output.changed if name in self.fixed_files or name in self.edit]
+            reasons += ["modified " + ", ".join(modified[:5])] if modified else []
+        elif output.changed:
             modified = [name for name in output.changed if name in self.lab_files or name == "train.py"]
             written = [name for name in output.changed if name not in modified]
             reasons += (["modified " + ", ".join(modified[:5])] if modified else []) + (
@@ -343,7 +343,8 @@ class Run(opening.Lifecycle):
             model.unlink(missing_ok=True)  # an earlier attempt's is not this run's
         if model is not None and not reasons and MODEL_FILE in output.artefacts:
             model.write_bytes(output.artefacts[MODEL_FILE])  # none handed over: the audit says so
-        return judge_run(result, reasons, cache_changed, model)
+        log = output.log.decode("utf-8", "replace") if self.target is not None else ""
+        return judge_run(result, reasons, cache_changed, model, self.target, log)
 
     # -- settling ------------------------------------------------------------------------------
 
@@ -398,7 +399,7 @@ class Run(opening.Lifecycle):
         if change.baseline and decision.status == "crash":
             raise AutoresearchError(
                 f"the unmodified baseline crashed ({reason}); see {self.paths.log(change.number, trial)}, "
-                f"fix the lab, then resume with: autoresearch run --tag {self.config.tag} --resume")
+                f"fix the {'lab' if self.target is None else 'program'}, then resume with: autoresearch run --tag {self.config.tag} --resume")
 
     def decide(self, change: Change, trained: Trained, earlier: list[float], trial: int) -> Decision:
         base = None if change.baseline else self.base_of(change)
@@ -407,7 +408,8 @@ class Run(opening.Lifecycle):
         return decide(trained, earlier, trial, baseline=change.baseline, parent=change.parent,
                       base=base.values if base else (), moved_to=moved,
                       noise=self.noise(change.number, [*earlier, trained.val_bpb]), rule=cfg.keep_rule,
-                      min_delta=cfg.min_delta, baseline_repeats=cfg.baseline_repeats)
+                      min_delta=self.target.min_delta if self.target is not None else cfg.min_delta,
+                      baseline_repeats=cfg.baseline_repeats, direction=self.target.direction if self.target else "min")
 
     def noise(self, number: int, values: list[float]) -> Noise:
         """Pooled over every experiment recorded, this one counted with its newest trial."""
@@ -439,9 +441,10 @@ class Run(opening.Lifecycle):
 
     def plan_combination(self, change: Change, best: str) -> str:
         """Re-apply `change` on `best` as a new experiment, if it merges; the row's explanation."""
-        parent_py, best_py = self.workspace.read_at(change.parent), self.workspace.read_at(best)
-        merged = rebase_train_py(parent_py, best_py, self.workspace.read_at(change.commit))
-        if merged is None or merged == best_py:
+        parent_files, best_files = self.files_at(change.parent), self.files_at(best)
+        changed = {k: v for k, v in self.files_at(change.commit).items() if parent_files[k] != v}
+        merged = rebase_files(parent_files, best_files, changed)
+        if merged is None or {**best_files, **merged} == best_files:
             return "its change overlaps the new best's: not combined"
         room = self.room()
         if room is not None and room <= 0:
@@ -504,7 +507,7 @@ class Run(opening.Lifecycle):
         """Ask for experiment n's idea against the best as it stands, with what is running now
         in the history."""
         base = self.best.commit or self.base_short
-        ctx = self.context(n, train_py=self.workspace.read_at(base))
+        ctx = self.context(n, base)
         recorded = {exp.number for exp in self.ledger.experiments()}
         ctx.history += running_entries(self.in_flight(), self.asking.ready, recorded, self.proposer.name)
         try:
@@ -539,11 +542,10 @@ class Run(opening.Lifecycle):
     def ask_fix(self, launch: Launch, trained: Trained) -> None:
         """Show the proposer why its change crashed, in a scratch worktree of the crashed commit."""
         n = launch.change.number
-        crashed_py = self.workspace.read_at(launch.change.commit)
-        ctx = self.context(n, train_py=crashed_py, feedback=proposal_log.feedback(trained.reason, self.paths.log(n, 1)))
+        ctx = self.context(n, launch.change.commit, feedback=proposal_log.feedback(trained.reason, self.paths.log(n, 1)))
         launch.fixes += 1
         try:
-            self.asking.start("fix", n, launch.record, ctx, launch.change.commit, crashed_py, self.workspace.path,
+            self.asking.start("fix", n, launch.record, ctx, launch.change.commit, ctx.train_py, self.workspace.path,
                               crashed=(launch, trained))
         except ProposerError as err:
             self.fix_failed((launch, trained), launch.record, err)
@@ -563,7 +565,8 @@ class Run(opening.Lifecycle):
         log = self.paths.log(n, 1)
         if log.exists():  # run.log is always the attempt the row describes
             log.rename(self.paths.run_dir(n) / f"run.crash{launch.fixes}.log")
-        commit = self.workspace.commit_on(c.parent, fix.train_py, commit_message(fix.description, fix.hypothesis, n))
+        files = {**self.files_at(c.commit), **fix.files}
+        commit = self.workspace.commit_on(c.parent, files, commit_message(fix.description, fix.hypothesis, n))
         launch.change = Change(n, commit, c.parent, c.description, c.hypothesis, c.proposer, fix.model or c.model,
                                combines=c.combines)
         launch.usage = launch.usage + fix.usage
@@ -571,16 +574,18 @@ class Run(opening.Lifecycle):
         self.write_proposal(launch.change, record)
         self.queue.insert(0, launch)
 
-    # -- the context, numbers, money, standing --------------------------------------------------
+    # -- the context and numbers (money and standing: opening.Lifecycle) --------------------------
 
-    def context(self, n: int, train_py: str, feedback: str | None = None) -> Context:
-        """A fresh context: nothing carries over from the last call but the rows."""
+    def files_at(self, commit: str) -> dict[str, str]:
+        """The edit files (the lab: train.py) as committed at `commit`."""
+        return self.workspace.read_files_at(commit, self.edit)
+
+    def context(self, n: int, commit: str, feedback: str | None = None) -> Context:
+        """A fresh context for the edit files at `commit`: nothing carries over but the rows."""
         program = Path(self.config.repo_root) / "program.md"
-        best = {"commit": self.best.commit, "experiment": self.best.experiment, "val_bpb": self.best.mean,
-                "trials": len(self.best.values)}
-        return Context(program.read_text() if program.is_file() else "", train_py, self.lab.contract,
-                       self.ledger.history(), self.workspace.path, n, self.lab.profile, feedback=feedback,
-                       best=best, noise=self.ledger.noise().sigma)
+        return targets.proposer_context(
+            self.target, self.workspace.path, program.read_text() if program.is_file() else "",
+            self.files_at(commit), self.lab, self.ledger.history(), self.best, self.ledger.noise().sigma, n, feedback)
 
     def new_number(self) -> int:
         n = self.ledger.new_number()
@@ -589,11 +594,3 @@ class Run(opening.Lifecycle):
         if folder.exists():  # left by a killed run that handed this number out before the counter
             shutil.rmtree(folder)
         return n
-
-    def spend(self, usd: float) -> None:
-        """An ask's cost that no row will carry (thrown away, cancelled, dropped)."""
-        if usd and self.ledger.state:
-            self.view.failed_cost(self.ledger.add_cost(usd))
-
-    def standing(self) -> Standing:
-        return Standing(self.best, self.ledger.noise(), len(self.ledger.experiments()))

@@ -27,6 +27,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.html_report import write_html_report
 from autoresearch.lab import LabSettings
 from autoresearch.ledger import Ledger
+from autoresearch.live import Standing
 from autoresearch.process import AGENT_MARKER, kill_marked, kill_orphan
 from autoresearch.records import utc_now
 from autoresearch.runner import training_env
@@ -50,6 +51,20 @@ def check_start(config: RunConfig, state: dict) -> bool:
                 f"pick another --tag (or delete the branch)"
             )
     return has_branch
+
+
+def load_declared(config: RunConfig):
+    """The target declared in the repository's autoresearch.toml (target.Target), or None for the
+    nanochat lab. Bad input is one AutoresearchError line, raised before anything is created."""
+    from autoresearch.target import FILE, load_target
+
+    target = load_target(Path(config.repo_root))
+    if target is not None:
+        for key in ("audit", "prepare"):  # declared, validated, but the run does not carry them out yet
+            if getattr(target, key):
+                raise AutoresearchError(f"{FILE}: `{key}` commands are not run by `autoresearch run` yet; remove "
+                                        f"the key (docs/targets.md)")
+    return target
 
 
 def open_workspace(config: RunConfig, ledger: Ledger) -> tuple[Workspace, str]:
@@ -83,15 +98,26 @@ def move_to_best(workspace: Workspace, commit: str, tag: str) -> None:
             f"cannot move branch autoresearch/{tag} to its best commit {commit}: {exc.stderr.strip()}") from None
 
 
-def open_trust(config: RunConfig, workspace: Workspace, base: str, env: dict, note: Callable[[str], None]) -> Trust:
+def open_trust(config: RunConfig, workspace: Workspace, base: str, env: dict, note: Callable[[str], None],
+               target=None) -> Trust:
     """The audit, sandbox and cache guard of this run, from the base commit's prepare.py (the
-    code the proposer cannot edit)."""
+    code the proposer cannot edit). A declared target (`target`) has no prepare.py: only the
+    sandbox applies; no cache guard (the lab's), no audit (rows say audit=none)."""
+    scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
+    if target is not None and not target.lab:
+        return Trust.open_declared("off" if target.network and config.sandbox == "auto" else config.sandbox,
+                                   scratch, note, target.network)
     try:
         prepare_py = workspace.repo.git.show(f"{base}:prepare.py")
     except GitCommandError:
         raise AutoresearchError("the run's base commit has no prepare.py; this is not an autoresearch lab") from None
-    scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
     return Trust.open(config.audit, config.sandbox, prepare_py, env, scratch, note)
+
+
+def declared_settings(config: RunConfig, target) -> LabSettings:
+    """A declared target's counterpart of the lab's settings: its timeout, no contract, the
+    variables of --env (the seed is added per trial, as for the lab)."""
+    return LabSettings(config.profile or "cpu", target.timeout, target.timeout, dict(config.extra_env), "")
 
 
 def open_pool(config: RunConfig, trust: Trust, workers_root: Path, note: Callable[[str], None]):
@@ -187,6 +213,14 @@ class RunOutcome:
 class Lifecycle:
     """loop.Run's start and its three ends: done (a limit), stopped (Ctrl-C), a bug."""
 
+    def spend(self, usd: float) -> None:
+        """An ask's cost that no row will carry (thrown away, cancelled, dropped)."""
+        if usd and self.ledger.state:
+            self.view.failed_cost(self.ledger.add_cost(usd))
+
+    def standing(self) -> Standing:
+        return Standing(self.best, self.ledger.noise(), len(self.ledger.experiments()))
+
     def start(self) -> None:
         cfg = self.config
         self.ledger.open()
@@ -202,14 +236,27 @@ class Lifecycle:
         move_to_best(self.workspace, self.best.commit, cfg.tag)
         self.ledger.save_state(state="running", pid=os.getpid(), proposer=self.proposer.name,
                                model=cfg.options.model or "", max_experiments=cfg.max_experiments,
-                               keep_rule=cfg.keep_rule, min_delta=cfg.min_delta, baseline_repeats=cfg.baseline_repeats)
+                               keep_rule=cfg.keep_rule, baseline_repeats=cfg.baseline_repeats,
+                               min_delta=self.target.min_delta if self.target is not None else cfg.min_delta,
+                               **({"metric": self.target.metric, "direction": self.target.direction}
+                                  if self.target is not None else {}))
+        if self.target is not None and hasattr(self.view, "target"):  # (test views may not have it)
+            self.view.target(self.target.metric, self.target.higher_is_better)
         self.view.start(self.proposer.name, cfg.options.model or "", [r.as_dict() for r in self.ledger.rows()],
                         self.standing())
         self.view.failed_cost(self.ledger.spent_outside_rows)
-        self.lab = LabSettings.resolve(cfg, (self.workspace.path / "prepare.py").read_text(), dict(os.environ))
+        if self.target is None:
+            self.lab = LabSettings.resolve(cfg, (self.workspace.path / "prepare.py").read_text(), dict(os.environ))
+            self.lab_files = lab_files(self.workspace.path)
+        else:
+            self.lab = declared_settings(cfg, self.target)
+            self.lab_files = {}
+        # A declared target's job carries the fixed files of the run's base commit (its edit
+        # files come from each candidate's commit): every tracked file outside `edit`.
+        self.fixed_files = {} if self.target is None else {
+            name: data for name, data in self.workspace.tracked_bytes_at(self.base).items() if name not in self.edit}
         self.trust = open_trust(cfg, self.workspace, self.base, training_env(os.environ, self.lab.env()),
-                                        self.view.note)
-        self.lab_files = lab_files(self.workspace.path)
+                                self.view.note, self.target)
         if self.pool is None:
             self.pool = open_pool(cfg, self.trust, self.workers_root, self.view.note)
         self.watching = (self.pool.size == 1 and self.trust.sandbox is None and cfg.ray is None
@@ -270,7 +317,8 @@ class Lifecycle:
         write_html_report(self.paths.dir, warn=self.view.note)  # the page says how the run ended
         self.pool.close()
         reap_workers(self.workers_root)
-        best = f"best val_bpb {self.best.mean:.6f} at {self.best.commit}" if self.best.mean is not None else "no baseline yet"
+        metric = self.target.metric if self.target is not None else "val_bpb"
+        best = f"best {metric} {self.best.mean:.6f} at {self.best.commit}" if self.best.mean is not None else "no baseline yet"
         message = (f"done ({why}): {len(self.ledger.experiments())} experiments, {best} "
                    f"({len(self.ledger.rows())} trials in all); results in {self.paths.results}")
         self.view.phase(None, "done")

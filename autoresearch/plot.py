@@ -35,13 +35,15 @@ def shorten(text: str, limit: int = LABEL_CHARS) -> str:
 
 def y_range(baseline: float, best: float) -> tuple[float, float]:
     """From just below the best to just above the baseline (15% margin, never zero-height)."""
-    margin = (baseline - best) * 0.15
+    low, high = sorted((baseline, best))  # a higher-is-better metric's best is above its baseline
+    margin = (high - low) * 0.15
     if margin <= 0:
         margin = max(abs(baseline) * 0.002, 1e-4)
-    return best - margin, baseline + margin
+    return low - margin, high + margin
 
 
-def _draw_run(ax, rows: list[dict], kept: list[dict], color: str, label: str | None, labels: bool):
+def _draw_run(ax, rows: list[dict], kept: list[dict], color: str, label: str | None, labels: bool,
+              higher_is_better: bool = False):
     valid = [r for r in rows if r["status"] != "crash"]
     discards = _discards(rows)
     # plot() with a marker draws 10,000 dots far faster than scatter(); it looks the same (s=12)
@@ -51,9 +53,9 @@ def _draw_run(ax, rows: list[dict], kept: list[dict], color: str, label: str | N
     ax.scatter([k["experiment"] for k in kept], [k["val_bpb"] for k in kept], c=color, s=50,
                zorder=4, edgecolors="black", linewidths=0.5, label=f"Kept ({label})" if label else "Kept")
     if kept:
-        xs, ys, best = [], [], float("inf")
+        xs, ys, best = [], [], -float("inf") if higher_is_better else float("inf")
         for k in kept:
-            best = min(best, k["val_bpb"])
+            best = max(best, k["val_bpb"]) if higher_is_better else min(best, k["val_bpb"])
             xs.append(k["experiment"])
             ys.append(best)
         last = max(r["experiment"] for r in valid)
@@ -78,12 +80,12 @@ def _discards(rows: list[dict]) -> list[tuple[int, float]]:
             if e.decided and e.status == "discard" and e.mean is not None]
 
 
-def _finish(fig, ax, path: Path, title: str, low: float, high: float):
+def _finish(fig, ax, path: Path, title: str, low: float, high: float, ylabel: str = "Validation BPB (lower is better)"):
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Experiment #", fontsize=12)
-    ax.set_ylabel("Validation BPB (lower is better)", fontsize=12)
+    ax.set_ylabel(ylabel, fontsize=12)
     ax.set_title(title, fontsize=14, parse_math=False)
     ax.set_ylim(low, high)
     ax.legend(loc="upper right", fontsize=9)
@@ -102,7 +104,8 @@ def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
     fig, ax = _figure()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
-        _draw_run(ax, rows, summary["kept"], "#2ecc71", None, labels=True)
+        higher = bool(summary.get("higher_is_better"))
+        _draw_run(ax, rows, summary["kept"], "#2ecc71", None, labels=True, higher_is_better=higher)
         _mark_crashes(ax, rows)
     left, right = ax.get_xlim()
     ax.set_xlim(left, right + (right - left) * 0.08)  # room for the last labels, rotated up-right
@@ -116,12 +119,15 @@ def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
         low, high = y_range(summary["baseline"]["val_bpb"], summary["baseline"]["val_bpb"])
     else:
         low, high = 0.0, 1.0  # everything crashed: an empty, honest frame
-    above = sum(1 for _, mean in _discards(rows) if mean > high)
+    above = sum(1 for _, mean in _discards(rows) if (mean < low if higher else mean > high))
     if above:
         plural = "experiments" if above != 1 else "experiment"
-        ax.text(0.99, 0.80, f"{above} {plural} worse than the baseline, above the axis", transform=ax.transAxes,
-                fontsize=9, color="#888888", ha="right", va="top", parse_math=False)
-    _finish(fig, ax, Path(path), title, low, high)
+        ax.text(0.99, 0.80, f"{above} {plural} worse than the baseline, {'below' if higher else 'above'} the axis",
+                transform=ax.transAxes, fontsize=9, color="#888888", ha="right", va="top", parse_math=False)
+    metric = summary.get("metric") or "val_bpb"
+    ylabel = ("Validation BPB (lower is better)" if metric == "val_bpb"
+              else f"{metric} ({'higher' if higher else 'lower'} is better)")
+    _finish(fig, ax, Path(path), title, low, high, ylabel)
     return Path(path)
 
 

@@ -144,8 +144,9 @@ class _RowMethods:
 
     @property
     def measured(self) -> bool:
-        """A trial that produced a val_bpb (not a crash)."""
-        return self.status != "crash" and self.val_bpb > 0
+        """A trial that produced a value (not a crash). A declared target's metric may be 0 or
+        negative; the lab's val_bpb never is on a row that is not a crash."""
+        return self.status != "crash" and self.val_bpb is not None
 
     @classmethod
     def from_fields(cls, values: dict[str, str]):
@@ -177,12 +178,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def metric_of(header: list[str]) -> str:
+    """The name of a results.tsv's second column: val_bpb (the lab, upstream), or a declared
+    target's metric (any name that is not one of our columns)."""
+    if len(header) > 1 and header[0] == "commit" and "val_bpb" not in header and header[1] not in PARSERS:
+        return header[1]
+    return "val_bpb"
+
+
 class ResultsFile:
     """results.tsv as a file: read all rows, append one row durably, upgrade an older header.
     The Ledger (ledger.py) is its one user: it adds the lock, the numbering and the meaning."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, metric: str = "val_bpb"):
         self.path = Path(path)
+        # A declared target's results.tsv names its second column after the metric
+        # (`commit  generations_per_s  memory_gb ...`); it is read back into Row.val_bpb. An
+        # existing file's own name wins when it is read (see metric_of).
+        self.metric = metric
 
     def header(self) -> list[str] | None:
         """The header's column names, or None for a missing or empty file."""
@@ -192,6 +205,18 @@ class ResultsFile:
         except FileNotFoundError:
             return None
         return first.rstrip("\n").split("\t") if first.endswith("\n") else None
+
+    def header_line(self) -> str:
+        """The header this file is written with: HEADER, its second column named after the metric."""
+        return "\t".join(["commit", self.metric, *COLUMNS[2:]]) + "\n"
+
+    def _canonical(self, header: list[str]) -> list[str]:
+        """The header with a metric's name in the second column read as val_bpb."""
+        metric = metric_of(header)
+        if metric != "val_bpb":
+            self.metric = metric
+            return ["commit", "val_bpb", *header[2:]]
+        return header
 
     def rows(self) -> list[Row]:
         """Every complete row; a torn last line (no trailing newline) is ignored.
@@ -205,7 +230,7 @@ class ResultsFile:
         lines = text.split("\n")[:-1]  # the piece after the last newline is empty or torn
         if not lines:
             return []
-        header = lines[0].split("\t")
+        header = self._canonical(lines[0].split("\t"))
         if "commit" not in header or "val_bpb" not in header:
             raise AutoresearchError(f"{self.path} is not a results.tsv (header: {lines[0][:80]!r})")
         unknown = [name for name in header if name not in PARSERS]
@@ -234,6 +259,8 @@ class ResultsFile:
         new fields empty): once, atomically (tmp, fsync, rename). True if it did. Any other
         header is refused with a one-line error."""
         header = self.header()
+        if header is not None:
+            header = self._canonical(header)
         if header is None or header == list(COLUMNS):
             return False
         if header != list(COLUMNS[: len(header)]):
@@ -243,7 +270,7 @@ class ResultsFile:
         rows = self.rows()  # also drops a torn last line
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.upgrade")
         with open(tmp, "wb") as f:
-            f.write(HEADER.encode("utf-8"))
+            f.write(self.header_line().encode("utf-8"))
             for row in rows:
                 f.write(("\t".join(row.to_fields()) + "\n").encode("utf-8"))
             f.flush()
@@ -265,10 +292,10 @@ class ResultsFile:
             if size:
                 self._repair(f, size)
             if f.seek(0, os.SEEK_END) == 0:
-                prefix = HEADER
+                prefix = self.header_line()
             else:
                 f.seek(0)
-                if f.readline().decode("utf-8", "replace").rstrip("\n") != HEADER.rstrip("\n"):
+                if f.readline().decode("utf-8", "replace").rstrip("\n") != self.header_line().rstrip("\n"):
                     raise AutoresearchError(
                         f"{self.path} has a different header; move it away or use another tag"
                     )

@@ -151,13 +151,16 @@ def report_sections(summaries: list[dict], top: int) -> list[Section]:
 def run_sections(s: dict, top: int) -> list[Section]:
     name = s["tag"] or s["source"]
     overview = Section(f"Run {name}" + (f" ({s['state']})" if s["state"] else ""))
+    m = s.get("metric") or "val_bpb"  # a declared target's metric; gains are signed: positive is better
+    better = "higher is better" if s.get("higher_is_better") else "lower is better"
     overview.pairs = [
         ("source", s["source"]),
         ("state", _state(s)),
         ("experiments", experiments_text(s)),
         ("keep rate", keep_rate_text(s)),
-        ("baseline val_bpb", _bpb((s["baseline"] or {}).get("val_bpb"))),
-        ("best val_bpb", _bpb((s["best"] or {}).get("val_bpb"))
+        ("metric", f"{m} ({better})"),
+        (f"baseline {m}", _bpb((s["baseline"] or {}).get("val_bpb"))),
+        (f"best {m}", _bpb((s["best"] or {}).get("val_bpb"))
          + (f"  (experiment {s['best']['experiment']}, {s['best']['commit']})" if s["best"] else "")),
         ("improvement", "-" if s["improvement"] is None
          else f"{s['improvement']:.6f} ({s['improvement_pct']:.2f}%)"),
@@ -203,9 +206,9 @@ def run_sections(s: dict, top: int) -> list[Section]:
         sections.append(speculation_section(s["speculation"]))
 
     if s["kept"]:
-        kept = Section("Kept experiments, in order (val_bpb = mean ± half-range of its trials; "
-                       "gain = previous kept mean - this one, also in units of sigma)",
-                       headers=["experiment", "commit", "val_bpb", "trials", "gain", "x sigma", "", "description"])
+        kept = Section(f"Kept experiments, in order ({m} = mean ± half-range of its trials; "
+                       f"gain = the improvement over the previous kept mean ({better}), also in units of sigma)",
+                       headers=["experiment", "commit", m, "trials", "gain", "x sigma", "", "description"])
         for k in s["kept"]:
             spread = f" ± {k['spread']:.6f}" if k.get("spread") is not None else ""
             kept.rows.append([str(k["experiment"]), k["commit"] or "", _bpb(k["val_bpb"]) + spread,
@@ -231,7 +234,7 @@ def run_sections(s: dict, top: int) -> list[Section]:
         sections.append(table)
     if s["top_hits"]:
         hits = Section(f"Top hits by gain (top {min(top, len(s['top_hits']))} of {len(s['top_hits'])})",
-                       headers=["rank", "gain", "val_bpb (mean)", "trials", "experiment", "description"])
+                       headers=["rank", "gain", f"{m} (mean)", "trials", "experiment", "description"])
         for rank, k in enumerate(s["top_hits"][:top], start=1):
             hits.rows.append([str(rank), _gain(k["delta"]), _bpb(k["val_bpb"]), str(k.get("trials") or 1),
                               str(k["experiment"]), k["description"] or ""])

@@ -45,11 +45,13 @@ WORKER_NOISE = ("OMP_NUM_THREADS", "PYTHONBREAKPOINT")
 class TrainJob:
     experiment: int
     trial: int  # 0 for the first attempt; the coordinator numbers fixes and reruns
-    train_py: str  # full text
-    files: dict[str, str] = field(default_factory=dict)  # other lab files by relative path: {"prepare.py": text}
+    train_py: str | None  # full text; None for a declared target (its files are all in `files`)
+    # Other files by relative path: the lab's {"prepare.py": text}; a declared target's whole tree
+    # (text or bytes), its edit files as the candidate has them and the fixed files of its base.
+    files: dict[str, str | bytes] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # lab variables only (AUTORESEARCH_*), not a whole environment
     timeout: float = 600.0  # hard limit of the run, seconds
-    command: list[str] | None = None  # default: python train.py (the worker's python)
+    command: list[str] | None = None  # default: python train.py (the worker's python); a target's argv
     # Variables naming a file in the run's output folder: {"AUTORESEARCH_HANDOFF": "model.pt2"}
     # becomes the absolute path there on the worker, so the file comes back as an artefact.
     outputs: dict[str, str] = field(default_factory=dict)
@@ -111,10 +113,17 @@ def lab_files(root: Path, exclude: tuple[str, ...] = ("train.py",)) -> dict[str,
     return {p.name: p.read_text() for p in sorted(Path(root).glob("*.py")) if p.name not in exclude}
 
 
-def _check_relative(name: str) -> None:
+def _check_relative(name: str, train_py: bool = True) -> None:
     parts = PurePosixPath(name).parts
-    if not parts or name.startswith("/") or ".." in parts or name in ("train.py", "."):
+    if not parts or name.startswith("/") or ".." in parts or name == "." or (train_py and name == "train.py"):
         raise ValueError(f"job file {name!r}: must be a relative path inside the lab, not train.py")
+
+
+def job_files(job: TrainJob) -> dict[str, bytes]:
+    """Every file the job writes into its folder, as bytes."""
+    named = {} if job.train_py is None else {"train.py": job.train_py}
+    return {name: text if isinstance(text, bytes) else text.encode("utf-8")
+            for name, text in {**named, **job.files}.items()}
 
 
 class LocalTrainer:
@@ -149,7 +158,7 @@ class LocalTrainer:
         """Train `job` here; a crash or timeout is a status, a cancel is status "cancelled", a
         broken scratch folder (disk full) is a lost output."""
         for name in job.files:
-            _check_relative(name)
+            _check_relative(name, job.train_py is not None)
         with self._lock:
             if self._current is not None:
                 raise RuntimeError(f"worker {self.worker_id} is already running {self._current}")
@@ -208,10 +217,10 @@ class LocalTrainer:
         lab, out = folder / "lab", folder / "out"
         out.mkdir(parents=True)
         lab.mkdir()
-        for name, text in {"train.py": job.train_py, **job.files}.items():
+        for name, data in job_files(job).items():
             path = lab / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            path.write_bytes(data)
         return lab, out
 
     def _env(self, job: TrainJob, out: Path) -> dict[str, str]:
@@ -230,7 +239,7 @@ class LocalTrainer:
         return training_env(base, extra)
 
     def _collect(self, folder: Path, lab: Path, out: Path, job: TrainJob, result: RunResult) -> TrainOutput:
-        expected = {"train.py": job.train_py, **job.files}
+        expected = job_files(job)
         changed = []
         for path in sorted(lab.rglob("*")):
             name = path.relative_to(lab).as_posix()
@@ -238,7 +247,7 @@ class LocalTrainer:
                 continue
             # is_file first: a FIFO in place of prepare.py must not block the read
             if (name not in expected or path.is_symlink() or not path.is_file()
-                    or path.read_bytes() != expected[name].encode()):
+                    or path.read_bytes() != expected[name]):
                 changed.append(name)
         changed += sorted(name for name in expected if not (lab / name).exists())
         artefacts, left_out, total = {}, [], 0

@@ -87,6 +87,7 @@ class Trust:
         self.audit, self.sandbox, self.lab, self.guard = audit, sandbox, lab, guard
         self.prepare_py, self.scratch = prepare_py, Path(scratch)
         self.watch: HeldoutWatch | None = None
+        self.declared = False  # a declared target's: no audit to run (docs/targets.md)
 
     @classmethod
     def open(cls, audit: str, sandbox: str, prepare_py: str, env: Mapping[str, str], scratch: Path,
@@ -119,6 +120,29 @@ class Trust:
             note("warning: --audit off: kept rows are not re-evaluated (every row says audit=off)")
         return cls(audit == "on", box, lab, guard, prepare_py, scratch)
 
+    @classmethod
+    def open_declared(cls, sandbox: str, scratch: Path, note: Callable[[str], None], network: bool = False) -> "Trust":
+        """A declared target's: the sandbox as --sandbox says; no cache guard and no audit (the
+        lab's prepare.py provides both; a declared target has neither). The sandbox always cuts
+        the network, so `network = true` runs unsandboxed (refused with --sandbox on)."""
+        if network and sandbox == "on":
+            raise AutoresearchError("network = true in autoresearch.toml, but the sandbox cuts the network; "
+                                    "pass --sandbox off (or auto) or set network = false")
+        if network:
+            note("warning: network = true: the experiment runs unsandboxed, with the network")
+        box = None
+        if sandbox != "off":
+            found = Sandbox.detect()
+            if found.available:
+                box = found
+            elif sandbox == "on":
+                raise AutoresearchError(f"--sandbox on, but {found.reason}; install bubblewrap or pass --sandbox off")
+            else:
+                note(f"warning: the experiment runs unsandboxed ({found.reason})")
+        trust = cls(False, box, None, None, "", scratch)
+        trust.declared = True
+        return trust
+
     def heldout_paths(self) -> list[Path]:
         return self.guard.heldout_paths() if self.guard is not None else []
 
@@ -149,7 +173,9 @@ class Trust:
             row.sandbox = "bwrap"
         else:  # on Ray, or several unsandboxed workers: a held-out read could not be attributed
             row.sandbox = "watch" if watched else "none"
-        if not self.audit:
+        if self.declared:
+            row.audit = "none"
+        elif not self.audit:
             row.audit = "off"
         elif audited is not None:
             row.audit = "pass" if audited.ok else "fail"

@@ -190,6 +190,15 @@ class Workspace:
         """A file as committed at `rev`."""
         return self.repo.commit(rev).tree[name].data_stream.read().decode("utf-8")
 
+    def read_files_at(self, rev: str, names) -> dict[str, str]:
+        """Several files as committed at `rev`, by path."""
+        return {name: self.read_at(rev, name) for name in names}
+
+    def tracked_bytes_at(self, rev: str) -> dict[str, bytes]:
+        """Every file of `rev`'s tree, by path (what a worker needs to run a declared target)."""
+        return {blob.path: blob.data_stream.read() for blob in self.repo.commit(rev).tree.traverse()
+                if blob.type == "blob"}
+
     def diff(self, a: str, b: str) -> str:
         """Unified diff from commit `a` to commit `b`."""
         return self._git.diff("--no-color", "--no-ext-diff", a, b, strip_newline_in_stdout=False)
@@ -238,23 +247,23 @@ class Workspace:
         )
         return self.head()
 
-    def commit_on(self, parent: str, train_py: str, message: str) -> str:
-        """A commit whose tree is `parent`'s with train.py replaced, made without touching the
-        worktree, the index or any branch (the coordinator's candidates: many at once, each on
-        the best it was built on). Returns the short sha; the branch moves only on a keep."""
-        blob = self._git.hash_object("-w", "--stdin", istream=_text_stream(train_py))
-        entries = self._git.ls_tree(parent, strip_newline_in_stdout=False).splitlines()
-        mode = "100644"
-        rows = []
-        for entry in entries:
-            meta, name = entry.split("\t", 1)
-            if name == "train.py":
-                mode = meta.split()[0] if meta.split()[0] in ("100644", "100755") else "100644"
-                continue
-            rows.append(entry)
-        rows.append(f"{mode} blob {blob}\ttrain.py")
-        tree = self._git.mktree(istream=_text_stream("\n".join(rows) + "\n"))
-        sha = self._git.commit_tree(tree, "-p", self.repo.commit(parent).hexsha, "-m", message, env=_IDENTITY)
+    def commit_on(self, parent: str, files: str | dict[str, str], message: str) -> str:
+        """A commit whose tree is `parent`'s with `files` ({path: text}; a str is train.py's text)
+        replaced, made without touching the worktree, the index or any branch (candidates: many at
+        once, each on the best it was built on). Paths may sit in subfolders; a file keeps its
+        mode. Returns the short sha; the branch moves only on a keep."""
+        if isinstance(files, str):
+            files = {"train.py": files}
+        with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as tmp:
+            env = {**_IDENTITY, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._git.read_tree(parent, env=env)
+            for name, text in sorted(files.items()):
+                blob = self._git.hash_object("-w", "--stdin", istream=_text_stream(text))
+                listed = self._git.ls_tree(parent, "--", name).split()
+                mode = listed[0] if listed and listed[0] in ("100644", "100755") else "100644"
+                self._git.update_index("--add", "--cacheinfo", f"{mode},{blob},{name}", env=env)
+            tree = self._git.write_tree(env=env)
+        sha = self._git.commit_tree(tree.strip(), "-p", self.repo.commit(parent).hexsha, "-m", message, env=_IDENTITY)
         return self.short(sha.strip())
 
     def rewind(self, commit: str) -> bool:

@@ -207,7 +207,8 @@ def test_json_summary_is_stable_and_complete(checkout):
         "source", "tag", "format", "state", "run", "experiments", "counts", "keep_rate", "baseline", "best",
         "improvement", "improvement_pct", "noise_threshold", "improvements", "within_noise", "kept",
         "top_hits", "timing", "crash_reasons", "usage", "by_proposer", "malformed", "torn_line", "plot",
-        "trials", "noise", "heldout", "changes", "change_counts", "speculation"}
+        "trials", "noise", "heldout", "changes", "change_counts", "speculation", "metric", "higher_is_better"}
+    assert run["metric"] == "val_bpb" and run["higher_is_better"] is False
     assert run["tag"] == "old" and run["best"]["val_bpb"] == 1.0899
     assert run["kept"][1]["description"] == LONG.strip()  # unicode, unabridged
     assert run["source"] == str(checkout / "results" / "old" / "results.tsv")

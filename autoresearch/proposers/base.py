@@ -25,31 +25,81 @@ class Usage:
 
 
 @dataclass
+class TargetBrief:
+    """What the proposer is told about the target (autoresearch/target.py's Target.brief)."""
+
+    metric: str = "val_bpb"
+    direction: str = "min"  # "max" | "min"
+    description: str = ""  # metric, command, budget, edit files, what counts as a crash, as lines
+    lab: bool = True  # the nanochat lab: its own prompt wording
+
+
+@dataclass
 class Context:
-    """Everything one experiment's proposer sees; built afresh for every experiment."""
+    """Everything one experiment's proposer sees; built afresh for every experiment.
+
+    `files` holds the edit files' current texts (path -> text); the lab's context has only
+    train.py there, mirrored in `train_py`, and a declared target's context leaves train_py ""
+    unless train.py is one of its edit files. target.build_context fills both."""
 
     program: str  # program.md, read afresh from the user's checkout
-    train_py: str  # the current best train.py
-    lab_contract: str  # prepare.py's fixed constants and metric, as text
+    train_py: str  # the current best train.py (the lab; "" for a target without one)
+    lab_contract: str  # prepare.py's fixed constants and metric, as text ("" for a declared target)
     history: list[dict]  # every results row so far, keyed by column name
-    workdir: Path  # the run's worktree (the command proposer edits train.py there)
+    workdir: Path  # the run's worktree (the command proposer edits the edit files there)
     experiment: int
     profile: str  # "gpu" | "cpu"
     feedback: str | None = None  # on a fix attempt: why the last attempt crashed, with the log tail
     best: dict | None = None  # the Ledger's best: commit, experiment, val_bpb (its mean), trials
-    noise: float | None = None  # the pooled run-to-run sigma of val_bpb, once measured
+    noise: float | None = None  # the pooled run-to-run sigma of the metric, once measured
+    files: dict[str, str] = field(default_factory=dict)  # the edit files' texts, by relative path
+    context_files: dict[str, str] = field(default_factory=dict)  # fixed files shown to the proposer
+    target: TargetBrief = field(default_factory=TargetBrief)
+
+    def __post_init__(self):
+        if not self.files:
+            self.files = {"train.py": self.train_py}
+        elif "train.py" in self.files and not self.train_py:
+            self.train_py = self.files["train.py"]
+
+    @property
+    def metric(self) -> str:
+        return self.target.metric
 
 
 @dataclass
 class Proposal:
+    """One proposed change. `files` holds the new text of every edit file it proposes (path ->
+    text); `train_py` mirrors files["train.py"] both ways, so lab code that reads or sets
+    train_py and target code that reads files agree."""
+
     hypothesis: str
     description: str
-    train_py: str  # the full new text of train.py
+    train_py: str = ""  # the full new text of train.py (the lab)
     model: str = ""
     usage: Usage = field(default_factory=Usage)
     prompt: str = ""
     raw: str = ""  # the raw reply (or replies), kept in proposal.json
     attempts: int = 1
+    files: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        files = dict(self.files)
+        if self.train_py and "train.py" not in files:
+            files["train.py"] = self.train_py
+        object.__setattr__(self, "files", files)
+        object.__setattr__(self, "train_py", files.get("train.py", ""))
+        object.__setattr__(self, "_synced", True)
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if not self.__dict__.get("_synced"):  # still in __init__: __post_init__ syncs
+            return
+        if name == "train_py":
+            object.__setattr__(self, "files", {**self.files, "train.py": value})
+        elif name == "files":
+            object.__setattr__(self, "files", dict(value))
+            object.__setattr__(self, "train_py", self.files.get("train.py", ""))
 
 
 class ProposerError(Exception):

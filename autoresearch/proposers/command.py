@@ -2,7 +2,8 @@
 
 `--command 'CMD'` runs CMD through the shell in the run's worktree, once per experiment, with a
 fresh context each time. The prompt (proposers/prompt.py, agent form) is on its stdin and in the
-file named by AUTORESEARCH_PROMPT_FILE. CMD edits train.py in place and may write a one-line
+file named by AUTORESEARCH_PROMPT_FILE. CMD edits train.py (a declared target: its edit files,
+ctx.files) in place and may write a one-line
 description to the file named by AUTORESEARCH_DESCRIPTION_FILE. Both files live in a temporary
 directory outside the worktree, so they never dirty it. Also set for CMD:
 AUTORESEARCH_EXPERIMENT, AUTORESEARCH_MODEL when --model was given, and
@@ -10,7 +11,7 @@ AUTORESEARCH_AGENT_WORKTREE (the worktree: a resumed harness stops any process s
 i.e. an agent that a kill -9 of the harness left running). The environment is otherwise passed
 through unchanged: the agent needs its own API keys.
 
-train.py in the worktree is set to ctx.train_py first. CMD runs in its own process group, so a
+train.py (every edit file) in the worktree is set to the context's text first. CMD runs in its own process group, so a
 terminal's Ctrl-C does not reach it: when the harness is interrupted while CMD runs, the group is
 killed before the interrupt goes on. After `options.timeout` seconds the whole group gets SIGTERM,
 then SIGKILL after KILL_GRACE seconds. However CMD ends, what it started goes with it: its group,
@@ -56,13 +57,14 @@ class CommandProposer(Proposer):
         self.prices = PriceTable(options.prices)  # Codex reports tokens only: priced by --model
 
     def propose(self, ctx: Context) -> Proposal:
-        train = Path(ctx.workdir) / "train.py"
-        before = ctx.train_py
-        try:
-            if not train.exists() or train.read_text() != before:
-                train.write_text(before)  # the agent edits the version this context is about
-        except OSError as err:
-            raise ProposerError(f"command: cannot write {train}: {err.strerror}") from None
+        before = dict(ctx.files)  # the edit files (the lab: train.py)
+        for name, text in before.items():
+            path = Path(ctx.workdir) / name
+            try:
+                if not path.exists() or path.read_text() != text:
+                    path.write_text(text)  # the agent edits the version this context is about
+            except OSError as err:
+                raise ProposerError(f"command: cannot write {path}: {err.strerror}") from None
         prompt = build_agent_prompt(ctx)
         with tempfile.TemporaryDirectory(prefix="autoresearch-command-") as tmp:
             prompt_file = Path(tmp) / "prompt.md"
@@ -86,19 +88,22 @@ class CommandProposer(Proposer):
             raise ProposerError(f"command timed out after {self.timeout:g}s (process group killed){tail}", usage, raw)
         if code != 0:
             raise ProposerError(f"command exited with {_exit_text(code)} after {seconds:.0f}s{tail}", usage, raw)
-        try:
-            after = train.read_text()
-        except OSError:
-            raise ProposerError(f"command removed train.py{tail}", usage, raw) from None
-        if after == before:
-            raise ProposerError(f"command left train.py unchanged{tail}", usage, raw)
+        after = {}
+        for name in before:
+            try:
+                after[name] = (Path(ctx.workdir) / name).read_text()
+            except OSError:
+                raise ProposerError(f"command removed {name}{tail}", usage, raw) from None
+        changed = {name: text for name, text in after.items() if text != before[name]}
+        if not changed:
+            raise ProposerError(f"command left {' and '.join(before)} unchanged{tail}", usage, raw)
 
         fields = parse_fields(agent_text)
         description = _first_line(description_text) or fields.description or "edit by external command"
         return Proposal(
             hypothesis=fields.hypothesis or description,
             description=description,
-            train_py=after,
+            files=changed,
             model=self.model,
             usage=usage,
             prompt=prompt,

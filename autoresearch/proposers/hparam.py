@@ -1,4 +1,5 @@
-"""No LLM: seeded hill-climbing over train.py's UPPER_CASE numeric hyperparameters.
+"""No LLM: seeded hill-climbing over the UPPER_CASE numeric constants of the edit files (train.py
+in the lab; every .py edit file of a declared target).
 
 The offline default and the control arm. It finds `NAME = <int | float | 2**N>` assignments at
 module level and in the branch of `if PROFILE == "gpu": ... else: ...` that belongs to the run's
@@ -14,6 +15,7 @@ autoresearch/edits.py (so it goes through the same path as an LLM's edit).
 - Hill-climbing: when the last kept experiment moved one parameter, the same parameter is pushed
   further in the same direction half of the time.
 - Deterministic: the same seed, history and train.py give the same proposal.
+- Several edit files: their constants form one pool (a name in two files is tried as one name).
 
 On a fix attempt (ctx.feedback set) it raises ProposerError: it cannot read a crash log, and the
 crashed change is simply discarded (`can_fix` is False so the loop can skip asking).
@@ -25,7 +27,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from autoresearch.edits import EditBlock, EditError, apply_blocks, check_syntax
+from autoresearch.edits import EditBlock, EditError, apply_file_blocks, check_syntax
 from autoresearch.proposers.base import REGISTRY, Context, Proposal, Proposer, ProposerError, ProposerOptions
 
 FLOAT_FACTORS = (0.5, 0.7, 1.4, 2.0)
@@ -47,6 +49,7 @@ class Param:
     kind: str  # "int" | "float" | "pow"
     base: int = 0  # for "pow": base**value
     comment: str = ""
+    path: str = "train.py"  # the edit file it lives in
 
     def literal(self) -> str:
         return source_literal(self.kind, self.value, self.base)
@@ -244,18 +247,17 @@ class HparamProposer(Proposer):
     def propose(self, ctx: Context) -> Proposal:
         if ctx.feedback:
             raise ProposerError("hparam cannot fix a crash: the crashed change is discarded")
-        try:
-            params = find_params(ctx.train_py, ctx.profile)
-        except SyntaxError as err:
-            raise ProposerError(f"hparam: train.py does not parse: {err.msg} (line {err.lineno})") from None
+        params = params_of_files(ctx.files, ctx.profile, "hparam")
         if not params:
-            raise ProposerError("hparam: train.py has no UPPER_CASE numeric hyperparameters to change")
+            raise ProposerError(f"hparam: {' and '.join(ctx.files)} has no UPPER_CASE numeric hyperparameters to change")
         rng = random.Random(f"{self.seed}|{ctx.experiment}|{len(ctx.history)}")
         cand, onward = choose(params, ctx.history, rng)
-        block = edit_for(ctx.train_py, cand)
+        path = cand.param.path
+        block = edit_for(ctx.files[path], cand)
+        block.path = path
         try:
-            new = apply_blocks(ctx.train_py, [block])
-            check_syntax(new)
+            new = apply_file_blocks(ctx.files, [block])[path]
+            check_syntax(new, path)
         except EditError as err:  # a bug here, not in the model: say so plainly
             raise ProposerError(f"hparam: generated edit does not apply: {err}") from None
         p = cand.param
@@ -266,15 +268,33 @@ class HparamProposer(Proposer):
             hypothesis = f"{p.name}{why} improved when moved this way last time; moving it further to {new_lit} may help more."
         else:
             word = "raising" if cand.direction > 0 else "lowering"
-            hypothesis = f"{word} {p.name}{why} from {old} to {new_lit} may lower val_bpb within the fixed budget."
+            goal = "lower val_bpb within the fixed budget" if ctx.target.lab else (
+                f"{'raise' if ctx.target.direction == 'max' else 'lower'} {ctx.target.metric}")
+            hypothesis = f"{word} {p.name}{why} from {old} to {new_lit} may {goal}."
             hypothesis = hypothesis[0].upper() + hypothesis[1:]
         return Proposal(
             hypothesis=hypothesis,
             description=description,
-            train_py=new,
+            files={path: new},
             prompt=f"hparam seed={self.seed} profile={ctx.profile} experiment={ctx.experiment}",
             raw=f"{block.search}=======\n{block.replace}",
         )
+
+
+def params_of_files(files: dict[str, str], profile: str, who: str) -> list[Param]:
+    """The constants of every Python edit file, each Param knowing its file."""
+    params = []
+    for path, text in files.items():
+        if not path.endswith(".py"):
+            continue
+        try:
+            found = find_params(text, profile)
+        except SyntaxError as err:
+            raise ProposerError(f"{who}: {path} does not parse: {err.msg} (line {err.lineno})") from None
+        for p in found:
+            p.path = path
+        params += found
+    return params
 
 
 def edit_for(source: str, cand: Candidate) -> EditBlock:
@@ -289,7 +309,7 @@ def edit_for(source: str, cand: Candidate) -> EditBlock:
         lo -= 1
     search = lines[lo : i + 1]
     replace = lines[lo:i] + [new_line]
-    return EditBlock("\n".join(search) + "\n", "\n".join(replace) + "\n")
+    return EditBlock("\n".join(search) + "\n", "\n".join(replace) + "\n", p.path)
 
 
 def _replace_keeping_comment(line: str, col: int, end: int, literal: str) -> str:

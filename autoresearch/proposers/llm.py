@@ -8,7 +8,7 @@ next turn, up to `options.max_edit_retries` more times; usage is summed over eve
 
 import os
 
-from autoresearch.edits import EditError, apply_reply
+from autoresearch.edits import EditError, apply_reply_files
 from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.base import Context, Proposal, Proposer, ProposerError, ProposerOptions, Usage
 from autoresearch.proposers.pricing import PriceTable
@@ -67,17 +67,18 @@ class ChatProposer(Proposer):
             usage = usage + used
             raws.append(text)
             try:
-                reply, new_train_py = apply_reply(ctx.train_py, text)
+                reply, new_files = apply_reply_files(ctx.files, text)
             except EditError as err:
                 last_error = str(err)
                 messages.append({"role": "assistant", "content": _clip(text) or "(empty reply)"})
-                messages.append({"role": "user", "content": _feedback(last_error, attempt, attempts)})
+                messages.append({"role": "user", "content": _feedback(last_error, attempt, attempts, list(ctx.files))})
                 continue
-            description = reply.description or reply.hypothesis or "edit of train.py"
+            changed = [name for name in ctx.files if new_files[name] != ctx.files[name]]
+            description = reply.description or reply.hypothesis or f"edit of {', '.join(changed)}"
             return Proposal(
                 hypothesis=reply.hypothesis or description,
                 description=description,
-                train_py=new_train_py,
+                files={name: new_files[name] for name in changed},
                 model=self.model,
                 usage=usage,
                 prompt=prompt,
@@ -101,11 +102,11 @@ class ChatProposer(Proposer):
         return ProposerError(self.redact(f"{self.name}: {message}"))
 
 
-def _feedback(error: str, attempt: int, attempts: int) -> str:
+def _feedback(error: str, attempt: int, attempts: int, files: list[str]) -> str:
     left = attempts - attempt
     return (
         f"Your edit could not be applied:\n\n{error}\n\n"
-        f"Reply again in the same format with corrected SEARCH/REPLACE blocks for train.py "
+        f"Reply again in the same format with corrected SEARCH/REPLACE blocks for {' or '.join(files)} "
         f"({left} attempt{'s' if left != 1 else ''} left)."
     )
 

@@ -1,4 +1,5 @@
-"""No LLM: an Optuna study over train.py's UPPER_CASE numeric hyperparameters (`--proposer optuna`).
+"""No LLM: an Optuna study over train.py's UPPER_CASE numeric hyperparameters (`--proposer optuna`);
+for a declared target, over those of every .py edit file, minimising or maximising its metric.
 
 The search space is the hyperparameters hparam.find_params sees for the run's profile, fixed
 once, when the study is created, from the train.py of that moment (the baseline):
@@ -38,10 +39,10 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from autoresearch.edits import EditError, apply_blocks, check_syntax
+from autoresearch.edits import EditError, apply_file_blocks, check_syntax
 from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.base import REGISTRY, Context, Proposal, Proposer, ProposerError, ProposerOptions
-from autoresearch.proposers.hparam import Candidate, Param, edit_for, find_params, source_literal
+from autoresearch.proposers.hparam import Candidate, Param, edit_for, find_params, params_of_files, source_literal
 
 SAMPLERS = ("tpe", "cmaes", "random")
 FINAL = ("keep", "discard", "crash")
@@ -67,6 +68,7 @@ class Dim:
     log: bool
     start: float  # the value (exponent for pow / pow2) in the train.py the study began from
     base: int = 2
+    path: str = "train.py"  # the edit file it lives in
 
     @property
     def key(self) -> str:
@@ -102,6 +104,12 @@ def search_space(params: list[Param]) -> list[Dim]:
 
 
 def _dim(p: Param) -> Dim | None:
+    """The Dim of one parameter, in the file it lives in."""
+    dim = _dim_at(p)
+    return replace(dim, path=p.path) if dim is not None else None
+
+
+def _dim_at(p: Param) -> Dim | None:
     x = p.value
     if p.kind == "pow":
         return Dim(p.name, "pow", max(0, x - 1), x + 1, False, x, p.base) if x >= 1 else None
@@ -154,6 +162,7 @@ class OptunaProposer(Proposer):
         self.optuna = optuna
         self.sampler_name = sampler
         self.seed = options.seed
+        self.metric = "val_bpb"  # the context's metric, set on every proposal
         if options.run_dir is not None:
             run_dir = Path(options.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,12 +179,11 @@ class OptunaProposer(Proposer):
     def propose(self, ctx: Context) -> Proposal:
         if ctx.feedback:
             raise ProposerError("optuna cannot fix a crash: the crash is told to the study as a failed trial")
-        try:
-            current = {p.name: p for p in find_params(ctx.train_py, ctx.profile)}
-        except SyntaxError as err:
-            raise ProposerError(f"optuna: train.py does not parse: {err.msg} (line {err.lineno})") from None
+        current = {p.name: p for p in params_of_files(ctx.files, ctx.profile, "optuna")}
+        self.metric = ctx.target.metric
+        direction = "maximize" if ctx.target.direction == "max" else "minimize"
         study = self.optuna.create_study(storage=self.storage, study_name=self.study_name,
-                                         direction="minimize", load_if_exists=True)
+                                         direction=direction, load_if_exists=True)
         space = self.space(study, ctx, current)
         self.tell_history(study, space, ctx)
         dims = [d for d in space if d.name in current]
@@ -189,14 +197,14 @@ class OptunaProposer(Proposer):
                 trial = study.ask(distributions)
             trial.set_user_attr("experiment", ctx.experiment)
             trial.set_user_attr("sampler", self.sampler_name)
-            new, blocks, changes = self.edit(ctx.train_py, ctx.profile, dims, trial.params)
+            new, blocks, changes = self.edit(ctx.files, ctx.profile, dims, trial.params)
             if changes:
                 break
             # The sampled point is the best train.py itself: it has been measured, so say so.
             best = _best_row(ctx)
             trial.set_user_attr("same_as", best["experiment"] if best else None)
             if best and best.get("status") != "crash":
-                study.tell(trial, float(best["val_bpb"]))
+                study.tell(trial, float(best.get(self.metric, best.get("val_bpb"))))
             else:
                 study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
         else:
@@ -204,11 +212,12 @@ class OptunaProposer(Proposer):
         description = f"optuna {self.sampler_name} trial {trial.number}: " + ", ".join(changes)
         told = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
         hypothesis = (f"{self.sampler_name.upper()}'s next point after {told} finished trials of study "
-                      f"{self.study_name!r} ({len(changes)} of {len(dims)} hyperparameters changed) may lower val_bpb.")
+                      f"{self.study_name!r} ({len(changes)} of {len(dims)} hyperparameters changed) may "
+                      f"{'raise' if direction == 'maximize' else 'lower'} {self.metric}.")
         return Proposal(
             hypothesis=hypothesis,
             description=description,
-            train_py=new,
+            files=new,
             prompt=f"optuna sampler={self.sampler_name} seed={self.seed} profile={ctx.profile} "
                    f"experiment={ctx.experiment} trial={trial.number}",
             raw="\n".join(f"{b.search}=======\n{b.replace}" for b in blocks),
@@ -279,7 +288,7 @@ class OptunaProposer(Proposer):
     def _tell(self, study, trial, row: dict) -> None:
         TrialState = self.optuna.trial.TrialState
         self._set_attrs(study, trial, _row_attrs(row))
-        value = _value(row)
+        value = _value(row, self.metric)
         if value is None:
             study.tell(trial.number, state=TrialState.FAIL)
         else:
@@ -299,7 +308,7 @@ class OptunaProposer(Proposer):
 
     def _add_reference(self, study, space: list[Dim], row: dict) -> None:
         optuna = self.optuna
-        value = _value(row)
+        value = _value(row, self.metric)
         state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
         study.add_trial(optuna.trial.create_trial(
             params={d.key: (int(d.start) if d.kind != "float" else d.start) for d in space},
@@ -311,29 +320,36 @@ class OptunaProposer(Proposer):
 
     # -- the edit ---------------------------------------------------------------------------------------
 
-    def edit(self, train_py: str, profile: str, dims: list[Dim], values: dict):
-        """(new train.py, the blocks, ["NAME old -> new", ...]) setting every dim to its value."""
-        text, blocks, changes = train_py, [], []
+    def edit(self, files: dict[str, str], profile: str, dims: list[Dim], values: dict):
+        """({changed edit file: new text}, the blocks, ["NAME old -> new", ...]) setting every
+        dim to its value."""
+        texts, blocks, changes = dict(files), [], []
         for dim in dims:
-            p = {q.name: q for q in find_params(text, profile)}[dim.name]  # fresh positions each time
+            path = dim.path if dim.path in texts else next(iter(texts))
+            text = texts[path]
+            p = {q.name: q for q in find_params(text, profile)}.get(dim.name)  # fresh positions each time
+            if p is None:
+                continue
             kind, new = dim.written(values[dim.key])
             base = dim.base if kind == "pow" else 0
             old_literal, new_literal = p.literal(), source_literal(kind, new, base)
             if old_literal == new_literal or (kind == "float" and p.kind == "float" and float(p.value) == new):
                 continue
             block = edit_for(text, Candidate(replace(p, kind=kind, base=base), new, 0))
+            block.path = path
             try:
-                text = apply_blocks(text, [block])
+                texts[path] = apply_file_blocks({path: text}, [block])[path]
             except EditError as err:  # a bug here, not in a model: say so plainly
                 raise ProposerError(f"optuna: generated edit does not apply: {err}") from None
             blocks.append(block)
             changes.append(f"{dim.name} {old_literal} -> {new_literal}")
-        if blocks:
+        changed = {path: text for path, text in texts.items() if text != files[path]}
+        for path, text in changed.items():
             try:
-                check_syntax(text)
+                check_syntax(text, path)
             except EditError as err:
-                raise ProposerError(f"optuna: generated edit breaks train.py: {err}") from None
-        return text, blocks, changes
+                raise ProposerError(f"optuna: generated edit breaks {path}: {err}") from None
+        return changed, blocks, changes
 
 
 def _int(value) -> int | None:
@@ -343,15 +359,16 @@ def _int(value) -> int | None:
         return None
 
 
-def _value(row: dict) -> float | None:
-    """The row's val_bpb to tell, or None for a failed trial (a crash, or no usable number)."""
+def _value(row: dict, metric: str = "val_bpb") -> float | None:
+    """The row's metric to tell, or None for a failed trial (a crash, or no usable number)."""
     if str(row.get("status") or "").strip().lower() == "crash":
         return None
     try:
-        value = float(row.get("val_bpb"))
+        value = float(row.get(metric, row.get("val_bpb")))
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) and value > 0 else None
+    # val_bpb is positive (0 marks a crash in results.tsv); a declared metric may be any number
+    return value if math.isfinite(value) and (value > 0 or metric != "val_bpb") else None
 
 
 def _row_attrs(row: dict) -> dict:

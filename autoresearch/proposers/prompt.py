@@ -3,6 +3,10 @@
 `build_messages(ctx)` gives (system, user) for the LLM backends, which reply with SEARCH/REPLACE
 blocks (format in autoresearch/edits.py). `build_agent_prompt(ctx)` gives one text for an
 external coding agent, which edits train.py in place instead.
+
+For a declared target (ctx.target.lab False) the same sections name the target instead: its
+edit files (each shown whole), its context files, the metric and direction, the budget and what
+counts as a crash; the history table is in the metric's name.
 """
 
 from autoresearch.proposers.base import Context
@@ -53,8 +57,58 @@ HYPOTHESIS: <one sentence: what you changed, what you expect, and why>
 DESCRIPTION: <the same short label>"""
 
 
+TARGET_PROTOCOL = """\
+You are a researcher running one step of an automated research loop on a program. Each call, \
+you propose exactly ONE change to the files you may edit, with a hypothesis. The harness \
+commits it, runs the experiment command, reads the metric from its output, and keeps the change \
+only if the metric improves. You never run anything yourself.
+
+Rules:
+- Edit only the files listed as editable. Every other file is fixed, and so is the benchmark.
+- One idea per reply, small and careful: a crash wastes a whole experiment.
+- Read the history table: do not repeat what was already tried, build on what was kept.
+- Never print the metric or a required line yourself: the fixed benchmark prints them, and a \
+second metric line is a crash."""
+
+TARGET_REPLY_FORMAT = """\
+Reply in exactly this format:
+
+HYPOTHESIS: <one sentence: what you change, what you expect, and why>
+DESCRIPTION: <a short label for the results table, under 80 characters>
+
+path/of/the/file.py
+```
+<<<<<<< SEARCH
+<lines copied exactly from the current file, with their indentation>
+=======
+<the lines that replace them>
+>>>>>>> REPLACE
+```
+
+Put the path of the file a block edits on the line before its fence. You may send several \
+SEARCH/REPLACE blocks for one idea, also for several editable files. Each SEARCH must match \
+exactly one place in its file: include enough surrounding lines to make it unique, and keep it \
+short. Do not send whole files."""
+
+TARGET_AGENT_FORMAT = """\
+How to answer: edit the editable files in the current directory in place (only those; do not \
+run the experiment, do not use git). Then write a one-line description of the change (under 80 \
+characters) to the file named by the environment variable AUTORESEARCH_DESCRIPTION_FILE, and \
+end your final message with two lines:
+
+HYPOTHESIS: <one sentence: what you changed, what you expect, and why>
+DESCRIPTION: <the same short label>"""
+
+
 def build_messages(ctx: Context) -> tuple[str, str]:
     """(system, user) for an LLM that answers with SEARCH/REPLACE blocks."""
+    if not ctx.target.lab:
+        system = TARGET_PROTOCOL + "\n\n" + TARGET_REPLY_FORMAT
+        parts = _context_sections(ctx)
+        for name, text in ctx.files.items():
+            parts.append(_section(f"Current {name} (editable)", _fenced(name, text)))
+        parts.append(_task(ctx) + " Answer in the reply format (HYPOTHESIS, DESCRIPTION, SEARCH/REPLACE blocks).")
+        return system, "\n\n".join(parts)
     system = PROTOCOL + "\n\n" + REPLY_FORMAT
     parts = _context_sections(ctx)
     parts.append(_section("Current train.py (the file to edit)", f"```python\n{ctx.train_py.rstrip()}\n```"))
@@ -64,6 +118,11 @@ def build_messages(ctx: Context) -> tuple[str, str]:
 
 def build_agent_prompt(ctx: Context) -> str:
     """One text for an external coding agent that edits train.py in its working directory."""
+    if not ctx.target.lab:
+        parts = [TARGET_PROTOCOL, *_context_sections(ctx)]
+        parts.append(_task(ctx) + " The editable files are in the current directory: read them before editing.")
+        parts.append(TARGET_AGENT_FORMAT)
+        return "\n\n".join(parts)
     parts = [PROTOCOL]
     parts += _context_sections(ctx)
     parts.append(_task(ctx) + " train.py is in the current directory: read it before editing.")
@@ -72,6 +131,8 @@ def build_agent_prompt(ctx: Context) -> str:
 
 
 def _context_sections(ctx: Context) -> list[str]:
+    if not ctx.target.lab:
+        return _target_sections(ctx)
     parts = [
         _section("Research program (program.md)", ctx.program.strip() or "(empty)"),
         _section("Lab contract (prepare.py, fixed)", ctx.lab_contract.strip() or "(none given)"),
@@ -85,7 +146,36 @@ def _context_sections(ctx: Context) -> list[str]:
     return parts
 
 
+def _target_sections(ctx: Context) -> list[str]:
+    editable = ", ".join(ctx.files) or "(none)"
+    parts = [
+        _section("Research program (program.md)", ctx.program.strip() or "(empty)"),
+        _section("The target", f"{ctx.target.description.strip()}\nEditable files: {editable}."),
+    ]
+    for name, text in ctx.context_files.items():
+        parts.append(_section(f"{name} (fixed, for reference)", _fenced(name, text)))
+    parts.append(_section(
+        f"History of this run ({len(ctx.history)} experiments)",
+        history_table(ctx.history, ctx.best, ctx.noise, ctx.target.metric, ctx.target.direction),
+    ))
+    if ctx.feedback:
+        parts.append(_section("The last attempt crashed", _clip_tail(ctx.feedback.strip(), MAX_FEEDBACK)))
+    return parts
+
+
+def _fenced(name: str, text: str) -> str:
+    language = {"py": "python", "js": "javascript", "rs": "rust", "c": "c", "cpp": "cpp", "sh": "bash"}
+    lang = language.get(name.rsplit(".", 1)[-1], "") if "." in name else ""
+    return f"```{lang}\n{text.rstrip()}\n```"
+
+
 def _task(ctx: Context) -> str:
+    if not ctx.target.lab:
+        better = "raise" if ctx.target.direction == "max" else "lower"
+        if ctx.feedback:
+            return (f"This is experiment {ctx.experiment}, a fix attempt: find the cause of the crash above "
+                    "and fix it with a minimal change that keeps the idea.")
+        return f"This is experiment {ctx.experiment}: propose the next single change to {better} {ctx.target.metric}."
     profile = f"The run uses the `{ctx.profile}` profile (edit that branch of any per-profile settings)."
     if ctx.feedback:
         return (
@@ -108,18 +198,22 @@ def _clip_tail(text: str, limit: int) -> str:
 # ---------------------------------------------------------------------------
 
 
-def history_table(rows: list[dict], best: dict | None = None, noise: float | None = None) -> str:
-    """A compact table of every experiment so far (one entry each, val_bpb the mean over its
+def history_table(rows: list[dict], best: dict | None = None, noise: float | None = None,
+                  metric: str = "val_bpb", direction: str = "min") -> str:
+    """A compact table of every experiment so far (one entry each, the metric the mean over its
     trials): old ones shortened, recent ones in full. `best` and `noise` are the Ledger's."""
     if not rows:
         return "No experiments yet: the baseline has not run."
+    if metric != "val_bpb":
+        rows = [{**r, "val_bpb": r.get(metric, r.get("val_bpb"))} for r in rows]
+        best = {**best, "val_bpb": best.get(metric, best.get("val_bpb"))} if best else best
     lines = [_summary_line(rows, best, noise)]
     recent = rows[-RECENT_ROWS:]
     old = rows[: len(rows) - len(recent)]
     if old:
         shown = old[-MAX_OLD_ROWS:]
         lines.append("")
-        lines.append("Older experiments (experiment status val_bpb: description):")
+        lines.append(f"Older experiments (experiment status {metric}: description):")
         if len(old) > len(shown):
             lines.append(f"- ({len(old) - len(shown)} oldest experiments omitted)")
         lines += [
@@ -127,7 +221,7 @@ def history_table(rows: list[dict], best: dict | None = None, noise: float | Non
             for r in shown
         ]
     lines.append("")
-    lines.append("| exp | commit | val_bpb | status | description | hypothesis |")
+    lines.append(f"| exp | commit | {metric} | status | description | hypothesis |")
     lines.append("|---|---|---|---|---|---|")
     for r in recent:
         status = _cell(r.get("status"))
@@ -137,7 +231,11 @@ def history_table(rows: list[dict], best: dict | None = None, noise: float | Non
             f"| {_cell(r.get('experiment'))} | {_cell(r.get('commit'))} | {_bpb(r)} | {status} "
             f"| {_cell(r.get('description'))} | {_cell(r.get('hypothesis'))} |"
         )
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    if metric != "val_bpb":  # the summary line's wording, in the target's terms
+        word = "higher" if direction == "max" else "lower"
+        text = f"{metric}: {word} is better. " + text.replace("Baseline val_bpb", f"Baseline {metric}", 1)
+    return text
 
 
 def _summary_line(rows: list[dict], best: dict | None, noise: float | None) -> str:

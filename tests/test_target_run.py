@@ -1,0 +1,213 @@
+"""`autoresearch run` on a declared target (autoresearch.toml), end to end through the real CLI,
+git and processes: both examples, a scripted agent whose every idea is one of the outcomes
+(keep, discard, crash, a requirement not met, a fixed file tampered with, a forged metric line),
+direction max and min, a deterministic metric (sigma 0), resume after kill -9, two workers and
+the report. No timed asserts: the outcomes are decided by what the programs print."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch.records import ResultsFile
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def env() -> dict:
+    """`python` in the targets' commands is this interpreter; the CLI imports this checkout."""
+    return {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(ROOT)}
+
+
+def commit_all(repo: Path) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "my program"], cwd=repo, check=True, env=env())
+
+
+def example(name: str, tmp_path: Path) -> Path:
+    repo = tmp_path / name
+    shutil.copytree(EXAMPLES / name, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    commit_all(repo)
+    return repo
+
+
+def cli(repo: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoresearch", *args], cwd=repo, env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def rows(repo: Path, tag: str):
+    return ResultsFile(repo / "results" / tag / "results.tsv").rows()
+
+
+def header(repo: Path, tag: str) -> list[str]:
+    return (repo / "results" / tag / "results.tsv").read_text().splitlines()[0].split("\t")
+
+
+def decided(rows_) -> dict[int, object]:
+    """The deciding row of each experiment."""
+    return {r.experiment: r for r in rows_ if r.status in ("keep", "discard", "crash")}
+
+
+def check_kept_chain(rows_, higher: bool) -> None:
+    """Every kept candidate's mean beats the mean of the best before it, in the target's direction."""
+    best = None
+    for r in rows_:
+        if r.status != "keep":
+            continue
+        if best is not None and r.role != "baseline":
+            assert (r.mean_val_bpb > best) if higher else (r.mean_val_bpb < best), (r, best)
+        best = r.mean_val_bpb
+
+
+# ---------------------------------------------------------------------------
+# The examples: min (deterministic) and max (noisy, two workers)
+# ---------------------------------------------------------------------------
+
+
+def test_compress_min_deterministic_end_to_end_and_report(tmp_path):
+    repo = example("compress", tmp_path)
+    done = cli(repo, "run", "--tag", "c", "--proposer", "hparam", "--seed", "1", "--max-experiments", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert header(repo, "c")[:3] == ["commit", "ratio", "memory_gb"]
+    got = rows(repo, "c")
+    assert {r.experiment for r in got} == {0, 1, 2, 3, 4}
+    base = [r for r in got if r.experiment == 0]
+    assert [r.status for r in base] == ["trial", "keep"] and base[0].val_bpb == base[1].val_bpb  # sigma 0
+    assert all(r.audit == "none" for r in got)
+    assert any(r.sigma == 0.0 for r in got if r.status in ("keep", "discard"))  # judged with sigma 0, no error
+    check_kept_chain(got, higher=False)
+    report = cli(repo, "report", "--tag", "c", "--no-plot")
+    assert report.returncode == 0, report.stderr
+    assert "ratio (lower is better)" in report.stdout and "baseline ratio" in report.stdout
+
+
+def test_life_max_two_workers_end_to_end_and_report(tmp_path):
+    repo = example("life", tmp_path)
+    done = cli(repo, "run", "--tag", "l", "--proposer", "hparam", "--seed", "0", "--max-experiments", "3",
+               "--workers", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "best generations_per_s" in done.stdout
+    assert header(repo, "l")[1] == "generations_per_s"
+    got = rows(repo, "l")
+    assert {r.experiment for r in got} == {0, 1, 2} and all(r.val_bpb > 0 for r in got if r.status != "crash")
+    check_kept_chain(got, higher=True)
+    report = cli(repo, "report", "--tag", "l", "--no-plot")
+    assert report.returncode == 0, report.stderr
+    assert "generations_per_s (higher is better)" in report.stdout
+    # the branch sits at the best and the checkout is untouched
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout.strip() \
+        in ("", "?? results/")
+
+
+# ---------------------------------------------------------------------------
+# A scripted agent: one outcome per experiment
+# ---------------------------------------------------------------------------
+
+BENCH = """import program
+v = program.run()
+print(f"correct: {v > 0}")
+print(f"score: {v}")
+"""
+PROGRAM = "VALUE = 10\n\n\ndef run():\n    return VALUE\n"
+# Experiment number -> the program.py the agent writes.
+IDEAS = {
+    1: PROGRAM.replace("VALUE = 10", "VALUE = 20"),  # better (max): keep
+    2: PROGRAM.replace("VALUE = 10", "VALUE = 15"),  # worse than 20: discard
+    3: "import sys\nsys.exit(3)\n" + PROGRAM,  # non-zero exit: crash
+    4: PROGRAM.replace("VALUE = 10", "VALUE = -1"),  # prints correct: False: requirement not met
+    5: "open('bench.py', 'a').write('# tampered\\n')\n" + PROGRAM.replace("VALUE = 10", "VALUE = 30"),
+    6: "print('score: 999999')\n" + PROGRAM.replace("VALUE = 10", "VALUE = 30"),  # a forged metric line
+}
+AGENT = """import os, sys
+ideas = {ideas!r}
+n = int(os.environ["AUTORESEARCH_EXPERIMENT"])
+open("program.py", "w").write(ideas[n])
+print("DESCRIPTION: idea", n)
+"""
+
+
+def scripted(tmp_path: Path, direction: str = "max") -> tuple[Path, str]:
+    repo = tmp_path / "prog"
+    repo.mkdir()
+    (repo / "bench.py").write_text(BENCH)
+    (repo / "program.py").write_text(PROGRAM)
+    (repo / "autoresearch.toml").write_text(
+        f'[target]\nedit = ["program.py"]\nrun = "python bench.py"\nmetric = "score"\ndirection = "{direction}"\n'
+        f'timeout = 30\nrequire = ["correct: True"]\ncontext = ["bench.py"]\n')
+    commit_all(repo)
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT.format(ideas=IDEAS))
+    return repo, f"{sys.executable} {agent}"
+
+
+def test_scripted_outcomes_keep_discard_crash_requirement_tamper_forged_metric(tmp_path):
+    repo, agent = scripted(tmp_path)
+    done = cli(repo, "run", "--tag", "s", "--proposer", "command", "--command", agent, "--max-experiments", "7")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert header(repo, "s")[1] == "score"
+    d = decided(rows(repo, "s"))
+    assert d[0].status == "keep" and d[0].val_bpb == 10
+    assert d[1].status == "keep" and d[1].val_bpb == 20 and d[1].sigma == 0.0  # deterministic: sigma 0
+    assert d[2].status == "discard" and d[2].val_bpb == 15
+    assert d[3].status == "crash" and "exit" in d[3].reason
+    assert d[4].status == "crash" and "correct: True" in d[4].reason
+    assert d[5].status == "crash" and "bench.py" in d[5].reason
+    assert d[6].status == "crash" and "printed 2 times" in d[6].reason
+    assert (repo / "bench.py").read_text() == BENCH  # the fixed file was never touched here
+    branch = subprocess.run(["git", "show", "autoresearch/s:program.py"], cwd=repo, capture_output=True, text=True)
+    assert "VALUE = 20" in branch.stdout  # the branch ends at the best
+
+
+def test_direction_min_keeps_the_lower_value(tmp_path):
+    repo, agent = scripted(tmp_path, direction="min")
+    done = cli(repo, "run", "--tag", "m", "--proposer", "command", "--command", agent, "--max-experiments", "3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    d = decided(rows(repo, "m"))
+    assert d[1].status == "discard" and d[1].val_bpb == 20  # 20 > 10: worse when lower is better
+    assert d[2].status == "discard" and d[2].val_bpb == 15
+
+
+def test_bad_toml_is_one_line_and_creates_nothing(tmp_path):
+    repo, _ = scripted(tmp_path)
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('direction = "max"', 'direction = "up"'))
+    done = cli(repo, "run", "--tag", "bad")
+    assert done.returncode == 1
+    assert "direction" in done.stderr and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (repo / "results").exists()
+    assert "autoresearch/bad" not in subprocess.run(["git", "branch"], cwd=repo, capture_output=True, text=True).stdout
+
+
+def test_resume_after_kill_9_loses_nothing_and_writes_nothing_twice(tmp_path):
+    repo = example("compress", tmp_path)
+    args = [sys.executable, "-m", "autoresearch", "run", "--tag", "k", "--proposer", "hparam", "--seed", "2",
+            "--max-experiments", "6"]
+    proc = subprocess.Popen(args, cwd=repo, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    results = repo / "results" / "k" / "results.tsv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_text().splitlines()) >= 4:  # header + 3 rows
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = cli(repo, "run", "--tag", "k", "--proposer", "hparam", "--seed", "2", "--max-experiments", "6",
+               "--resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = rows(repo, "k")
+    keys = [(r.experiment, r.trial) for r in got]
+    assert len(keys) == len(set(keys))  # no trial written twice
+    assert len({r.experiment for r in got}) == 6
+    assert all(r.status in ("keep", "discard", "crash") for r in decided(got).values())
