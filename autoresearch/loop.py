@@ -194,7 +194,8 @@ class Run(opening.Lifecycle):
         launch = self.pending_trial()
         if launch is not None:
             return launch
-        while self.asking.ready:
+        fixes = sum(ask.kind == "fix" for ask in self.asking.in_flight)  # each will want a worker first
+        while self.asking.ready and self.pool.free > fixes:
             launch = self.launch_idea(self.asking.ready.pop(0))
             if launch is not None:
                 return launch
@@ -501,7 +502,12 @@ class Run(opening.Lifecycle):
             ideas=self.asking.ideas_wanted(), asking=bool(self.asking.in_flight),
             waiting=len(self.queue) + sum(exp.number not in busy for exp in self.ledger.undecided()), room=self.room(),
             retrying=bool(self.asking.retry),
-            over_budget=cfg.max_cost is not None and self.ledger.total_cost() >= cfg.max_cost)
+            over_budget=cfg.max_cost is not None and self.committed_cost() >= cfg.max_cost)
+
+    def committed_cost(self) -> float:
+        """Spent, with what the ideas in flight or ready cost that no row carries yet."""
+        pending = sum(launch.usage.cost_usd for launch in self.in_flight() if launch.trial == 1)
+        return self.ledger.total_cost() + pending + sum(i.prepared.usage.cost_usd for i in self.asking.ready)
 
     def ask(self, n: int, record: dict, again: str = "") -> bool:
         """Ask for experiment n's idea against the best as it stands, with what is running now

@@ -98,7 +98,7 @@ def running_entries(launches, ideas, recorded: set[int], proposer: str) -> list[
     entries, seen = [], set(recorded)
     for launch in launches:
         c = launch.change
-        if not c.baseline and c.number not in seen:
+        if c.number not in seen:  # the baseline too: the proposer learns what is being measured
             seen.add(c.number)
             entries.append(c.entry())
     for idea in ideas:
