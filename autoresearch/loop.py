@@ -202,8 +202,7 @@ class Run(opening.Lifecycle):
         return None
 
     def pending_trial(self) -> Launch | None:
-        """A confirm or baseline repeat of a recorded experiment (one at a time, except the
-        baseline: its repeats all run at once), or the baseline's first trials."""
+        """A confirm or baseline repeat (the baseline's all at once), or the baseline's first trials."""
         busy: dict[int, set] = {}
         for launch in self.in_flight():
             busy.setdefault(launch.change.number, set()).add(launch.trial)
@@ -504,10 +503,9 @@ class Run(opening.Lifecycle):
             retrying=bool(self.asking.retry),
             over_budget=cfg.max_cost is not None and self.committed_cost() >= cfg.max_cost)
 
-    def committed_cost(self) -> float:
-        """Spent, with what the ideas in flight or ready cost that no row carries yet."""
-        pending = sum(launch.usage.cost_usd for launch in self.in_flight() if launch.trial == 1)
-        return self.ledger.total_cost() + pending + sum(i.prepared.usage.cost_usd for i in self.asking.ready)
+    def committed_cost(self) -> float:  # spent, and what ideas in flight or ready cost (no row yet)
+        pending = [launch.usage for launch in self.in_flight() if launch.trial == 1]
+        return self.ledger.total_cost() + sum(u.cost_usd for u in [*pending, *(i.prepared.usage for i in self.asking.ready)])
 
     def ask(self, n: int, record: dict, again: str = "") -> bool:
         """Ask for experiment n's idea against the best as it stands, with what is running now
