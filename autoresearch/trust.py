@@ -105,16 +105,8 @@ class Trust:
             stale = guard.full_changes()
             if stale:
                 raise AutoresearchError(f"the cache does not match its manifest ({stale[0]}); {rebuild_hint(lab)}")
-        box = None
-        if sandbox != "off":
-            found = Sandbox.detect()
-            if found.available:
-                box = found
-            elif sandbox == "on":
-                raise AutoresearchError(f"--sandbox on, but {found.reason}; install bubblewrap or pass --sandbox off")
-            else:
-                note(f"warning: training runs unsandboxed ({found.reason}); held-out reads are only detected")
-        else:
+        box = choose_sandbox(sandbox, note, "training runs unsandboxed ({}); held-out reads are only detected")
+        if sandbox == "off":
             note("warning: --sandbox off: training runs as you, unsandboxed; held-out reads are only detected")
         if audit == "off":
             note("warning: --audit off: kept rows are not re-evaluated (every row says audit=off)")
@@ -130,15 +122,7 @@ class Trust:
                                     "pass --sandbox off (or auto) or set network = false")
         if network:
             note("warning: network = true: the experiment runs unsandboxed, with the network")
-        box = None
-        if sandbox != "off":
-            found = Sandbox.detect()
-            if found.available:
-                box = found
-            elif sandbox == "on":
-                raise AutoresearchError(f"--sandbox on, but {found.reason}; install bubblewrap or pass --sandbox off")
-            else:
-                note(f"warning: the experiment runs unsandboxed ({found.reason})")
+        box = choose_sandbox("off" if network else sandbox, note, "the experiment runs unsandboxed ({})")
         trust = cls(False, box, None, None, "", scratch)
         trust.declared = True
         return trust
@@ -202,6 +186,20 @@ class Trust:
             return Audited(result, False, f"audit: the model sees the tokens it predicts (causal gap "
                                           f"{result.causal_gap:.3g} nats > {CAUSAL_TOLERANCE:g})")
         return Audited(result, True)
+
+
+def choose_sandbox(sandbox: str, note: Callable[[str], None], unsandboxed: str) -> Sandbox | None:
+    """bubblewrap when --sandbox is on or auto and it works here; `on` without it is an error,
+    `auto` without it one warning line (`unsandboxed`, with the reason in its braces)."""
+    if sandbox == "off":
+        return None
+    found = Sandbox.detect()
+    if found.available:
+        return found
+    if sandbox == "on":
+        raise AutoresearchError(f"--sandbox on, but {found.reason}; install bubblewrap or pass --sandbox off")
+    note("warning: " + unsandboxed.format(found.reason))
+    return None
 
 
 def rebuild_hint(lab: LabPaths | None) -> str:

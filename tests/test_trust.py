@@ -95,3 +95,15 @@ def test_heldout_rule_leaves_small_and_honest_gains_alone():
     chain = [kept(0, 3.0, 3.4), kept(1, 2.9, 3.34), kept(2, 2.8995, 3.3404)]
     assert not heldout_check(chain, sigma=None)["diverges"]
     assert heldout_check([kept(0, 3.0, None)], sigma=None)["steps"] == []
+
+
+def test_a_declared_target_with_network_runs_unsandboxed_and_refuses_sandbox_on(tmp_path):
+    from autoresearch.errors import AutoresearchError
+    from autoresearch.trust import Trust
+
+    notes = []
+    trust = Trust.open_declared("auto", tmp_path, notes.append, network=True)
+    assert trust.sandbox is None and not trust.audit and trust.declared
+    assert notes == ["warning: network = true: the experiment runs unsandboxed, with the network"]
+    with pytest.raises(AutoresearchError, match="network = true"):
+        Trust.open_declared("on", tmp_path, notes.append, network=True)
