@@ -139,10 +139,10 @@ class Run(opening.Lifecycle):
                 if self.pool.size == 0:
                     raise AutoresearchError("no worker is left (every GPU went away); see the notes above, then "
                                             f"resume with: autoresearch run --tag {self.config.tag} --resume")
+                if self.all_done():  # before launching: --max-experiments 0 starts nothing, not even the baseline
+                    return self.finish(f"--max-experiments {self.config.max_experiments}")
                 self.launch_work()
                 self.ask_for_ideas()
-                if self.all_done():
-                    return self.finish(f"--max-experiments {self.config.max_experiments}")
             self.wait()
 
     def hard_limit(self) -> str | None:
