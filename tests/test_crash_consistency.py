@@ -72,8 +72,8 @@ def test_kill_9_during_real_cpu_training_then_resume(tmp_path, lab_cache):
     # --timeout 60 (the helper's default) leaves room for a slow CPU; --time-budget 5.
     first = Harness(clone, args, env, tmp_path / "out", "first")
     training = wait_for(lambda: training_json(clone), 300, "the baseline training")
-    wait_for(lambda: "step" in (clone / "results/t/runs/0000/run.log").read_text(errors="replace"), 300,
-             "the first training step")
+    log = training_files(clone)[0].parent / "run.log"  # the trial's log, in its worker's folder while it runs
+    wait_for(lambda: "step" in log.read_text(errors="replace"), 300, "the first training step")
     first.signal(signal.SIGKILL)
     first.wait(30)
     orphan = psutil.Process(training["pid"])
@@ -84,6 +84,6 @@ def test_kill_9_during_real_cpu_training_then_resume(tmp_path, lab_cache):
     assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
     got = check_invariants(clone, "t", user, rows=2)
     assert got[0].proposer == "baseline" and got[0].status == "keep" and 0 < got[0].val_bpb < 20
-    env_seen = (clone / "results/t/runs/0000/run.log").read_text(errors="replace")
+    env_seen = (clone / f"results/t/runs/{got[0].experiment:04d}/run.log").read_text(errors="replace")
     assert not any(value in env_seen for value in SECRETS.values())
     assert os.environ.get("OPENAI_API_KEY") != SECRETS["OPENAI_API_KEY"]  # the keys were the harness's only
