@@ -302,7 +302,8 @@ def test_kill_9_while_an_idea_is_asked_speculatively_then_resume_stops_the_orpha
         harness.kill_group()
     assert not psutil.pid_exists(agent) or psutil.Process(agent).status() == psutil.STATUS_ZOMBIE
     got = check_invariants(lab, rows=2)
-    assert [r.experiment for r in got] == [0, 1]
+    # The baseline, then one change; a number the kill cut off (an idea training or asked) stays unused.
+    assert got[0].experiment == 0 and got[1].experiment >= 1 and [r.status for r in got] == ["keep", "keep"]
     assert len(worktrees(lab)) == 2 and not any((lab / ".autoresearch/scratch/t").iterdir())
 
 
