@@ -67,6 +67,7 @@ class Prepared:
     error: ProposerError | None = None
     interrupted: BaseException | None = None  # KeyboardInterrupt, SystemExit raised by the proposer
     done: bool = False  # the ask has ended
+    fixed_changed: tuple[str, ...] = ()  # a declared target's fixed files the idea changed: a crash row, not trained
 
     @property
     def usage(self) -> Usage:
@@ -79,10 +80,13 @@ class Asker:
     """One ask at a time, in a thread, in a scratch worktree."""
 
     def __init__(self, proposer, scratch_root: Path, prefix: str = "ask", finished: threading.Event | None = None,
-                 edit: tuple[str, ...] = ("train.py",)):
+                 edit: tuple[str, ...] = ("train.py",), fixed_is_crash: bool = False):
         self.proposer = proposer
         self.finished = finished or threading.Event()  # set when the ask ends (shared by Asking)
         self.edit = tuple(edit)  # the files a proposal may change (the lab: train.py)
+        # A declared target: an idea that changes a tracked file outside `edit` becomes a crash
+        # row naming it (the lab, and every fix: a failed proposal, as before targets existed).
+        self.fixed_is_crash = fixed_is_crash and prefix != "fix"
         self.prefix = prefix  # the scratch worktree's name: ask-NNNN-xxxxxx (fix-... for a fix)
         self.scratch_root = Path(scratch_root)
         self._thread: threading.Thread | None = None
@@ -115,13 +119,16 @@ class Asker:
         try:
             proposal = self.proposer.propose(prepared.ctx)
             if scratch is not None:
-                check_scratch(scratch, prepared.base, proposal, self.edit)
+                prepared.fixed_changed = check_scratch(scratch, prepared.base, proposal, self.edit, self.fixed_is_crash)
             base = dict(prepared.ctx.files)
             outside = sorted(set(proposal.files) - set(self.edit))
-            if outside:
+            if outside and self.fixed_is_crash:
+                prepared.fixed_changed = tuple(sorted({*prepared.fixed_changed, *outside}))
+                proposal.files = {k: v for k, v in proposal.files.items() if k in self.edit}
+            elif outside:
                 raise ProposerError(f"the proposal changes {outside[0]}, which is not an edit file "
                                     f"({', '.join(self.edit)})", proposal.usage, proposal.raw)
-            if {**base, **proposal.files} == base:
+            if {**base, **proposal.files} == base and not prepared.fixed_changed:
                 raise ProposerError(f"the proposal leaves {', '.join(self.edit)} unchanged", proposal.usage,
                                     proposal.raw)
             prepared.proposal = proposal
@@ -242,6 +249,7 @@ class Asking:
     clock: Callable[[], float] = time.monotonic
     ask_ended: threading.Event = field(default_factory=threading.Event)
     edit: tuple[str, ...] = ("train.py",)  # the files a proposal may change
+    fixed_is_crash: bool = False  # a declared target: an idea changing a fixed file is a crash row (Asker)
 
     def wait(self, timeout: float) -> None:
         """Until an ask ends (or `timeout`)."""
@@ -252,7 +260,7 @@ class Asking:
               repo: Path, crashed: tuple | None = None, while_training: bool = False, again: str = "") -> Ask:
         """Ask in a thread; a scratch worktree git cannot make raises ProposerError."""
         asker = Asker(self.proposer, self.scratch_root, prefix="fix" if kind == "fix" else "ask",
-                      finished=self.ask_ended, edit=self.edit)
+                      finished=self.ask_ended, edit=self.edit, fixed_is_crash=self.fixed_is_crash)
         ask = Ask(kind, number, asker, record, crashed, while_training, again)
         asker.start(ctx, base, base_train_py, repo)
         self.in_flight.append(ask)
@@ -317,10 +325,12 @@ class Asking:
         Asker(self.proposer, self.scratch_root).clear_scratch(repo)
 
 
-def check_scratch(scratch: Path, base: str, proposal: Proposal, edit: tuple[str, ...] = ("train.py",)) -> None:
+def check_scratch(scratch: Path, base: str, proposal: Proposal, edit: tuple[str, ...] = ("train.py",),
+                  fixed_is_crash: bool = False) -> tuple[str, ...]:
     """An agent's commits in the scratch are undone (files kept); a change to any file but the
     edit files (the lab: train.py), or an edit file that is no longer a regular file, is a failed
-    proposal."""
+    proposal. With `fixed_is_crash` (a declared target's idea), changed or deleted tracked files
+    outside `edit` are returned instead (a crash row names them); new files stay a failure."""
     if _git(scratch, "rev-parse", "HEAD").strip() != _git(scratch, "rev-parse", base).strip():
         _git(scratch, "reset", "--mixed", "--quiet", base)
     for name in edit:
@@ -329,11 +339,14 @@ def check_scratch(scratch: Path, base: str, proposal: Proposal, edit: tuple[str,
             raise ProposerError(f"the proposer replaced {name} with a symlink or a non-file; it must stay a file",
                                 proposal.usage, proposal.raw)
     out = _git(scratch, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored", "--no-renames")
-    stray = sorted(p for p in {e[3:] for e in out.split("\0") if len(e) > 3} if p not in edit)
+    entries = [e for e in out.split("\0") if len(e) > 3]
+    tracked = sorted({e[3:] for e in entries if e[:2] not in ("??", "!!")} - set(edit)) if fixed_is_crash else []
+    stray = sorted(p for p in {e[3:] for e in entries} if p not in edit and p not in tracked)
     if stray:
         shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
         raise ProposerError(f"the proposer changed files other than {', '.join(edit)}: " + shown, proposal.usage,
                             proposal.raw)
+    return tuple(tracked)
 
 
 # ---------------------------------------------------------------------------

@@ -65,6 +65,21 @@ def judge_run(result: RunResult, reasons: Sequence[str], cache_changed: bool, mo
     return Trained(result, "ok", "", val_bpb=float(val), model=model)
 
 
+def tamper_reasons(changed: Sequence[str], known: set[str], lab: bool) -> list[str]:
+    """What a run changed in its folder that makes it a crash: a file it was given (fixed or
+    edited), and in the lab any file it wrote (a declared target's new files are its own)."""
+    modified = [name for name in changed if name in known]
+    written = [name for name in changed if name not in known] if lab else []
+    return ((["modified " + ", ".join(modified[:5])] if modified else [])
+            + (["wrote files: " + ", ".join(written[:5])] if written else []))
+
+
+def refused(reason: str, log: Path) -> Trained:
+    """A change that never trained because what it did is itself a crash (a declared target's
+    proposal that changed a fixed file)."""
+    return Trained(RunResult("crash", {}, log, 0.0, None, reason), "crash", reason)
+
+
 def decide(trained: Trained, earlier: Sequence[float], trial: int, *, baseline: bool, parent: str,
            base: Sequence[float], moved_to: str | None, noise: Noise, rule: str, min_delta: float, baseline_repeats: int,
            direction: str = "min") -> Decision:

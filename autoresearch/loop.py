@@ -24,7 +24,7 @@ from pathlib import Path
 from autoresearch import opening, proposal_log
 from autoresearch.asking import Asking, Idea, Prepared, Retry, rebase_files, speculation_label, wants_an_ask
 from autoresearch.config import RunConfig, from_cli
-from autoresearch.decide import Decision, Trained, decide, judge_run
+from autoresearch.decide import Decision, Trained, decide, judge_run, refused, tamper_reasons
 from autoresearch.errors import AutoresearchError
 from autoresearch.html_report import write_html_report
 from autoresearch.keep_rule import Noise, pooled_noise
@@ -107,7 +107,8 @@ class Run(opening.Lifecycle):
         self.pool = pool  # made in start() unless given (tests)
         scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
         self.asking = Asking(proposer, scratch, config.max_consecutive_proposer_failures, config.pause_seconds,
-                             config.pause_max_seconds, self.ledger, view, paths.run_dir, edit=self.edit)
+                             config.pause_max_seconds, self.ledger, view, paths.run_dir, edit=self.edit,
+                             fixed_is_crash=target is not None)
         self.speculating = config.speculate and proposer.speculative
         self.workers_root = Path(config.repo_root) / ".autoresearch" / "workers" / config.tag
         self.workspace = self.trust = None
@@ -258,7 +259,12 @@ class Run(opening.Lifecycle):
         commit = self.workspace.commit_on(best, files, commit_message(proposal.description, proposal.hypothesis, n))
         change = Change(n, commit, best, proposal.description, proposal.hypothesis, self.proposer.name, proposal.model)
         self.write_proposal(change, record)
-        return Launch(change, 1, proposal.usage, record=record, proposal=proposal)
+        launch = Launch(change, 1, proposal.usage, record=record, proposal=proposal)
+        if prepared.fixed_changed:  # a declared target's fixed file: a crash row, never trained
+            self.parked.append((launch, refused(f"the proposal changed fixed file {', '.join(prepared.fixed_changed)} "
+                                                "(not applied, not trained)", self.paths.log(n, 1))))
+            return None
+        return launch
 
     def write_proposal(self, change: Change, record: dict) -> None:
         folder = self.paths.run_dir(change.number)
@@ -324,14 +330,7 @@ class Run(opening.Lifecycle):
         n, trial = launch.key
         result = output.save_log(self.paths.log(n, trial))
         reasons = [f"modified {name} (restored)" for name in self.ledger.restore()]
-        if output.changed and self.target is not None:  # new files are the program's own; a changed one is not
-            modified = [name for name in output.changed if name in self.fixed_files or name in self.edit]
-            reasons += ["modified " + ", ".join(modified[:5])] if modified else []
-        elif output.changed:
-            modified = [name for name in output.changed if name in self.lab_files or name == "train.py"]
-            written = [name for name in output.changed if name not in modified]
-            reasons += (["modified " + ", ".join(modified[:5])] if modified else []) + (
-                ["wrote files: " + ", ".join(written[:5])] if written else [])
+        reasons += tamper_reasons(output.changed, {*self.fixed_files, *self.lab_files, *self.edit}, self.target is None)
         if self.watching:
             watched, cache_changed = self.trust.after_run()
         else:
@@ -389,7 +388,7 @@ class Run(opening.Lifecycle):
             reason += "; " + self.plan_combination(change, self.best.commit)
         usage = launch.usage if trial == 1 else Usage()
         row = make_row(change, trial, decision.status, reason, trained.result, usage, launch.started_at,
-                       time.monotonic() - launch.t0, decision.verdict)
+                       time.monotonic() - launch.t0, decision.verdict, self.target.recorded if self.target else ())
         self.trust.mark(row, audited, watched=self.watching, remote=self.config.ray is not None)
         self.record(row, launch)
         drop_models(self.paths.run_dir(change.number), keep=trained.model if decision.status == "keep" else None)

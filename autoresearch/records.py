@@ -98,6 +98,8 @@ SCHEMA: tuple[Column, ...] = (
     Column("speculation", _text, default=""),  # how the idea came: asking.SPECULATION_LABELS; empty for trials not proposed
     Column("run_seconds", _opt_float, 1),  # wall time of the training process (the GPU busy)
     Column("gpu_idle_seconds", _opt_float, 1),  # the GPU idle before this trial started (since the last training ended)
+    # schema 5: declared targets
+    Column("metrics", _text, default=""),  # a declared target's other metrics: `peak_mb=512 cells=4096` (format_metrics)
 )
 COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA)
 PARSERS: dict[str, Callable[[str], object]] = {c.name: c.parse for c in SCHEMA}
@@ -108,6 +110,25 @@ STATUSES = (*DECIDING, "trial")
 
 # Tabs and every line break str.splitlines() knows (the report reads the file with it).
 _BREAKS = re.compile(r"[\t\n\x0b\x0c\r\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
+def format_metrics(metrics: dict) -> str:
+    """The `metrics` column: `name=value` pairs, space-separated, in the order given (numbers to
+    6 significant digits)."""
+    return " ".join(f"{name}={value:.6g}" if isinstance(value, float) else f"{name}={value}"
+                    for name, value in metrics.items())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The `metrics` column back as numbers (a pair that is not `name=number` is skipped)."""
+    out = {}
+    for pair in text.split():
+        name, _, value = pair.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
 
 
 def utc_now() -> str:

@@ -97,6 +97,13 @@ class Target:
     fixed: tuple[str, ...] = field(default=())  # for the lab: its fixed files; declared: see fixed_files()
 
     @property
+    def recorded(self) -> tuple[str, ...]:
+        """The other metrics a row records (results.tsv's metrics column): secondary, then the
+        constraints' names, each once."""
+        names = [*self.secondary, *(c.name for c in self.constraints)]
+        return tuple(dict.fromkeys(n for n in names if n != self.metric))
+
+    @property
     def higher_is_better(self) -> bool:
         return self.direction == "max"
 

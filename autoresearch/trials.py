@@ -12,7 +12,7 @@ from pathlib import Path
 from autoresearch.lab import SEED
 from autoresearch.keep_rule import Verdict
 from autoresearch.proposers import Proposal, Usage
-from autoresearch.records import Row, utc_now
+from autoresearch.records import Row, format_metrics, utc_now
 from autoresearch.runner import RunResult
 
 BASELINE_DESCRIPTION = "baseline"
@@ -108,9 +108,10 @@ def running_entries(launches, ideas, recorded: set[int], proposer: str) -> list[
 
 
 def make_row(change: Change, trial: int, status: str, reason: str, result: RunResult, usage: Usage,
-             started_at: str, wall_seconds: float, verdict: Verdict | None) -> Row:
+             started_at: str, wall_seconds: float, verdict: Verdict | None, recorded: tuple[str, ...] = ()) -> Row:
     """A trial's row. train.py is the proposer's to edit: a summary value that is not a finite
-    number (say `training_seconds: 300s`) is left empty instead of breaking results.tsv."""
+    number (say `training_seconds: 300s`) is left empty instead of breaking results.tsv.
+    `recorded`: a declared target's other metrics (secondary, constraints'), for the metrics column."""
     m = {key: _finite(value) for key, value in result.metrics.items()} if status != "crash" else {}
     steps = m.get("num_steps")
     decided = verdict is not None
@@ -126,6 +127,7 @@ def make_row(change: Change, trial: int, status: str, reason: str, result: RunRe
         mean_val_bpb=round(verdict.mean, 6) if decided else None,
         delta=round(verdict.delta, 6) if decided and not change.baseline else None,
         sigma=verdict.sigma if decided else None,
+        metrics=format_metrics({name: v for name in recorded if (v := _finite(result.metrics.get(name))) is not None}),
     )
 
 

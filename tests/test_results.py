@@ -36,7 +36,8 @@ def test_columns_start_with_upstreams_five_and_match_row_fields():
     assert COLUMNS[:5] == ("commit", "val_bpb", "memory_gb", "status", "description")
     assert COLUMNS[20:26] == ("role", "trial", "seed", "mean_val_bpb", "delta", "sigma")  # schema 2, appended
     assert COLUMNS[26:31] == ("audit", "audit_val_bpb", "heldout_bpb", "audit_seconds", "sandbox")  # schema 3
-    assert COLUMNS[31:] == ("speculation", "run_seconds", "gpu_idle_seconds")  # schema 4, appended
+    assert COLUMNS[31:34] == ("speculation", "run_seconds", "gpu_idle_seconds")  # schema 4, appended
+    assert COLUMNS[34:] == ("metrics",)  # schema 5, appended
     assert tuple(keep_row(0).as_dict()) == COLUMNS
 
 
@@ -233,3 +234,12 @@ def test_second_lock_in_the_same_process_is_refused_until_released(tmp_path):
     second = RunLock(path)
     second.acquire()
     second.release()
+
+
+def test_metrics_column_round_trips_names_and_numbers():
+    from autoresearch.records import format_metrics, parse_metrics
+
+    text = format_metrics({"peak_mb": 512.0, "seconds": 0.123456789, "cells": 4096})
+    assert text == "peak_mb=512 seconds=0.123457 cells=4096"
+    assert parse_metrics(text) == {"peak_mb": 512.0, "seconds": 0.123457, "cells": 4096.0}
+    assert parse_metrics("") == {} and parse_metrics("odd x=1") == {"x": 1.0}

@@ -84,6 +84,7 @@ def test_compress_min_deterministic_end_to_end_and_report(tmp_path):
     base = [r for r in got if r.experiment == 0]
     assert [r.status for r in base] == ["trial", "keep"] and base[0].val_bpb == base[1].val_bpb  # sigma 0
     assert all(r.audit == "none" for r in got)
+    assert all("compress_seconds=" in r.metrics for r in got if r.status != "crash")  # secondary, recorded
     assert any(r.sigma == 0.0 for r in got if r.status in ("keep", "discard"))  # judged with sigma 0, no error
     check_kept_chain(got, higher=False)
     report = cli(repo, "report", "--tag", "c", "--no-plot")
@@ -127,11 +128,15 @@ IDEAS = {
     4: PROGRAM.replace("VALUE = 10", "VALUE = -1"),  # prints correct: False: requirement not met
     5: "open('bench.py', 'a').write('# tampered\\n')\n" + PROGRAM.replace("VALUE = 10", "VALUE = 30"),
     6: "print('score: 999999')\n" + PROGRAM.replace("VALUE = 10", "VALUE = 30"),  # a forged metric line
+    # the agent edits the fixed bench in its checkout: a crash row naming it, never trained
+    7: {"program.py": PROGRAM.replace("VALUE = 10", "VALUE = 40"), "bench.py": BENCH.replace("v = ", "v = 1000 + ")},
 }
 AGENT = """import os, sys
 ideas = {ideas!r}
 n = int(os.environ["AUTORESEARCH_EXPERIMENT"])
-open("program.py", "w").write(ideas[n])
+idea = ideas[n] if isinstance(ideas[n], dict) else {{"program.py": ideas[n]}}
+for name, text in idea.items():
+    open(name, "w").write(text)
 print("DESCRIPTION: idea", n)
 """
 
@@ -152,7 +157,7 @@ def scripted(tmp_path: Path, direction: str = "max") -> tuple[Path, str]:
 
 def test_scripted_outcomes_keep_discard_crash_requirement_tamper_forged_metric(tmp_path):
     repo, agent = scripted(tmp_path)
-    done = cli(repo, "run", "--tag", "s", "--proposer", "command", "--command", agent, "--max-experiments", "7")
+    done = cli(repo, "run", "--tag", "s", "--proposer", "command", "--command", agent, "--max-experiments", "8")
     assert done.returncode == 0, done.stdout + done.stderr
     assert header(repo, "s")[1] == "score"
     d = decided(rows(repo, "s"))
@@ -163,6 +168,11 @@ def test_scripted_outcomes_keep_discard_crash_requirement_tamper_forged_metric(t
     assert d[4].status == "crash" and "correct: True" in d[4].reason
     assert d[5].status == "crash" and "bench.py" in d[5].reason
     assert d[6].status == "crash" and "printed 2 times" in d[6].reason
+    assert d[7].status == "crash" and "changed fixed file bench.py" in d[7].reason and "not trained" in d[7].reason
+    assert not (repo / "results" / "s" / "runs" / "0007" / "run.log").exists()  # nothing ran
+    assert "VALUE = 40" in (repo / "results" / "s" / "runs" / "0007" / "diff.patch").read_text()
+    shown = subprocess.run(["git", "show", "autoresearch/s:bench.py"], cwd=repo, capture_output=True, text=True)
+    assert shown.stdout == BENCH
     assert (repo / "bench.py").read_text() == BENCH  # the fixed file was never touched here
     branch = subprocess.run(["git", "show", "autoresearch/s:program.py"], cwd=repo, capture_output=True, text=True)
     assert "VALUE = 20" in branch.stdout  # the branch ends at the best
