@@ -123,7 +123,7 @@ def run(
     profile: str = typer.Option(None, "--profile", help=f"Lab profile, {' or '.join(PROFILES)} (default: gpu when CUDA is available)."),
     time_budget: float = typer.Option(None, "--time-budget", min=0.1, help="Training seconds per experiment (default: the profile's)."),
     timeout: float = typer.Option(None, "--timeout", min=1.0, help="Hard limit per training run (default: budget + max(budget, 120))."),
-    audit: str = typer.Option("on", "--audit", help=f"{' or '.join(AUDIT_CHOICES)}. on: every keep is re-evaluated from the base commit's prepare.py (val and held-out); off: for labs whose train.py hands over no model."),
+    audit: str = typer.Option("on", "--audit", help=f"{' or '.join(AUDIT_CHOICES)}. on: every keep is re-evaluated from the base commit's prepare.py (val and held-out), or by a declared target's `audit` command; off: for labs whose train.py hands over no model."),
     sandbox: str = typer.Option("auto", "--sandbox", help=f"{', '.join(SANDBOX_CHOICES)} (auto: bubblewrap when it works here, else a warning): training cannot write outside its run folder, reach the network or read the held-out split."),
     no_speculate: bool = typer.Option(False, "--no-speculate", help="Ask for the next proposal only after the last one trained (default: while it trains, for openai, anthropic and command)."),
     workers: int = typer.Option(None, "--workers", min=1, help="Train this many candidates at once, one shared best (CPU, tests; with --ray: actors, default the cluster's GPUs)."),

@@ -431,9 +431,10 @@ class Run(opening.Lifecycle):
             env.update(training_defaults(env))
             if gpu is not None:
                 env.update(pin_env(gpu, env))  # in the order the workers are pinned in
-            audited = self.trust.audit_keep(trained.model, trained.val_bpb, env)
-        if not audited.ok:
-            return Decision("crash", audited.reason), audited
+            audited = self.trust.audit_keep(trained.model, trained.val_bpb, env, self.target and {
+                **self.fixed_files, **self.files_at(launch.change.commit)}, self.paths.run_dir(launch.change.number) / "audit.log")
+        if not audited.ok or audited.result.val_bpb is None:  # (a declared audit may check without measuring)
+            return (decided if audited.ok else Decision("crash", audited.reason)), audited
         trained.val_bpb = round(audited.result.val_bpb, 6)
         trained.result.metrics["val_bpb"] = trained.val_bpb
         return self.decide(launch.change, trained, earlier, launch.trial), audited

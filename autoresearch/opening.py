@@ -60,7 +60,7 @@ def load_declared(config: RunConfig):
 
     target = load_target(Path(config.repo_root))
     if target is not None:
-        for key in ("audit", "prepare"):  # declared, validated, but the run does not carry them out yet
+        for key in ("prepare",):  # declared, validated, but the run does not carry it out yet
             if getattr(target, key):
                 raise AutoresearchError(f"{FILE}: `{key}` commands are not run by `autoresearch run` yet; remove "
                                         f"the key (docs/targets.md)")
@@ -101,12 +101,12 @@ def move_to_best(workspace: Workspace, commit: str, tag: str) -> None:
 def open_trust(config: RunConfig, workspace: Workspace, base: str, env: dict, note: Callable[[str], None],
                target=None) -> Trust:
     """The audit, sandbox and cache guard of this run, from the base commit's prepare.py (the
-    code the proposer cannot edit). A declared target (`target`) has no prepare.py: only the
-    sandbox applies; no cache guard (the lab's), no audit (rows say audit=none)."""
+    code the proposer cannot edit). A declared target (`target`) has no prepare.py: the sandbox
+    and its own `audit` command (rows say audit=none without one); no cache guard (the lab's)."""
     scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
     if target is not None and not target.lab:
         return Trust.open_declared("off" if target.network and config.sandbox == "auto" else config.sandbox,
-                                   scratch, note, target.network)
+                                   scratch, note, target, config.audit)
     try:
         prepare_py = workspace.repo.git.show(f"{base}:prepare.py")
     except GitCommandError:

@@ -6,6 +6,10 @@
     reasons, stop = trust.after_run()                   # held-out reads, cache changes (quick)
     audited = trust.audit_keep(model_path, printed, env)  # a row about to be kept
 
+A declared target (autoresearch.toml) has its own `audit` command instead: run on every keep in a
+fresh folder holding the run's base commit's fixed files and the kept candidate's edit files,
+sandboxed like a training (`audit_command`).
+
 The lab's own answers come from the run's base commit: its prepare.py (the text the audit runs)
 says where the cache and the held-out split are. A lab whose prepare.py has no `evaluate_handoff`
 (the stand-in labs of the tests, an old fork) cannot be audited: `--audit on` refuses it at the
@@ -16,7 +20,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -87,7 +91,8 @@ class Trust:
         self.audit, self.sandbox, self.lab, self.guard = audit, sandbox, lab, guard
         self.prepare_py, self.scratch = prepare_py, Path(scratch)
         self.watch: HeldoutWatch | None = None
-        self.declared = False  # a declared target's: no audit to run (docs/targets.md)
+        self.declared = False  # a declared target's: its audit is its `audit` command, if any
+        self.target = None  # that target (target.Target)
 
     @classmethod
     def open(cls, audit: str, sandbox: str, prepare_py: str, env: Mapping[str, str], scratch: Path,
@@ -113,18 +118,23 @@ class Trust:
         return cls(audit == "on", box, lab, guard, prepare_py, scratch)
 
     @classmethod
-    def open_declared(cls, sandbox: str, scratch: Path, note: Callable[[str], None], network: bool = False) -> "Trust":
-        """A declared target's: the sandbox as --sandbox says; no cache guard and no audit (the
-        lab's prepare.py provides both; a declared target has neither). The sandbox always cuts
-        the network, so `network = true` runs unsandboxed (refused with --sandbox on)."""
+    def open_declared(cls, sandbox: str, scratch: Path, note: Callable[[str], None], target,
+                      audit: str = "on") -> "Trust":
+        """A declared target's: the sandbox as --sandbox says, no cache guard (the lab's), and
+        its `audit` command on every keep when it declares one (`--audit off` skips it). The
+        sandbox always cuts the network, so `network = true` runs unsandboxed (refused with
+        --sandbox on)."""
+        network = target.network
         if network and sandbox == "on":
             raise AutoresearchError("network = true in autoresearch.toml, but the sandbox cuts the network; "
                                     "pass --sandbox off (or auto) or set network = false")
         if network:
             note("warning: network = true: the experiment runs unsandboxed, with the network")
         box = choose_sandbox("off" if network else sandbox, note, "the experiment runs unsandboxed ({})")
-        trust = cls(False, box, None, None, "", scratch)
-        trust.declared = True
+        if target.audit and audit == "off":
+            note("warning: --audit off: the target's audit command is not run (every row says audit=off)")
+        trust = cls(bool(target.audit) and audit != "off", box, None, None, "", scratch)
+        trust.declared, trust.target = True, target
         return trust
 
     def heldout_paths(self) -> list[Path]:
@@ -157,7 +167,7 @@ class Trust:
             row.sandbox = "bwrap"
         else:  # on Ray, or several unsandboxed workers: a held-out read could not be attributed
             row.sandbox = "watch" if watched else "none"
-        if self.declared:
+        if self.declared and not self.target.audit:
             row.audit = "none"
         elif not self.audit:
             row.audit = "off"
@@ -174,8 +184,12 @@ class Trust:
             return []
         return self.guard.full_changes()  # a touched mtime over the same bytes is no change
 
-    def audit_keep(self, model_path: Path, printed: float, env: Mapping[str, str]) -> Audited:
-        """Re-evaluate the handed-over model with the base commit's prepare.py (val and held-out)."""
+    def audit_keep(self, model_path: Path | None, printed: float, env: Mapping[str, str],
+                   files: dict | None = None, log: Path | None = None) -> Audited:
+        """Re-evaluate the handed-over model with the base commit's prepare.py (val and held-out);
+        a declared target: run its audit command on `files` (audit_command), its output to `log`."""
+        if self.declared:
+            return audit_command(self.target, files, env, self.scratch / "audit", log, self.command)
         result = audit_model(self.prepare_py, model_path, env)
         if result.error:
             return Audited(result, False, f"audit: {result.error}")
@@ -186,6 +200,40 @@ class Trust:
             return Audited(result, False, f"audit: the model sees the tokens it predicts (causal gap "
                                           f"{result.causal_gap:.3g} nats > {CAUSAL_TOLERANCE:g})")
         return Audited(result, True)
+
+
+def audit_command(target, files: dict, env: Mapping[str, str], scratch: Path, log: Path | None,
+                  wrap: Callable | None = None) -> Audited:
+    """A declared target's audit of a keep: its `audit` command, from the base commit's fixed
+    files with the candidate's edit files, in a fresh folder (sandboxed by `wrap`, like a
+    training), killed after the target's timeout. It passes when it exits 0 without touching a
+    file it was given. When it prints the metric (one finite value), that value is the audited
+    one: the keep is decided again with it (docs/targets.md)."""
+    from autoresearch.judge import judge_output
+    from autoresearch.trainers import LocalTrainer, TrainJob
+
+    trainer = LocalTrainer("audit", scratch_root=scratch, base_env=env, wrap=wrap)
+    output = trainer.run(TrainJob(0, 0, None, files, {}, target.timeout, command=["/bin/sh", "-c", target.audit]))
+    text = output.log.decode("utf-8", "replace")
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text(text)
+    result = AuditResult(None, None, output.result.seconds)
+    where = f" (see {Path(log).name})" if log is not None else ""
+    if output.lost or output.result.status in ("timeout", "cancelled"):
+        return Audited(result, False, f"audit: `{target.audit}` {output.lost_reason or output.result.reason}{where}")
+    if output.result.returncode:
+        last = (text.strip().splitlines() or [""])[-1][:200]
+        return Audited(result, False, f"audit: `{target.audit}` exited {output.result.returncode}: {last}{where}")
+    touched = [name for name in output.changed if name in files]
+    if touched:
+        return Audited(result, False, f"audit: the audited code modified {', '.join(touched[:5])}")
+    measured = judge_output(replace(target, require=(), constraints=()), text, 0)
+    if measured.ok:
+        result.val_bpb = measured.value
+    elif f"no {target.metric} line" not in (measured.reason or ""):
+        return Audited(result, False, f"audit: {measured.reason}{where}")
+    return Audited(result, True)
 
 
 def choose_sandbox(sandbox: str, note: Callable[[str], None], unsandboxed: str) -> Sandbox | None:

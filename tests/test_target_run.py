@@ -119,7 +119,7 @@ v = program.run()
 print(f"correct: {v > 0}")
 print(f"score: {v}")
 """
-PROGRAM = "VALUE = 10\n\n\ndef run():\n    return VALUE\n"
+PROGRAM = "VALUE = 10\n\n\ndef run():\n    return VALUE\n\n\ndef check():\n    return True\n"
 # Experiment number -> the program.py the agent writes.
 IDEAS = {
     1: PROGRAM.replace("VALUE = 10", "VALUE = 20"),  # better (max): keep
@@ -141,17 +141,18 @@ print("DESCRIPTION: idea", n)
 """
 
 
-def scripted(tmp_path: Path, direction: str = "max") -> tuple[Path, str]:
+def scripted(tmp_path: Path, direction: str = "max", ideas: dict = IDEAS, extra: str = "") -> tuple[Path, str]:
     repo = tmp_path / "prog"
     repo.mkdir()
     (repo / "bench.py").write_text(BENCH)
+    (repo / "audit.py").write_text(AUDIT)
     (repo / "program.py").write_text(PROGRAM)
     (repo / "autoresearch.toml").write_text(
         f'[target]\nedit = ["program.py"]\nrun = "python bench.py"\nmetric = "score"\ndirection = "{direction}"\n'
-        f'timeout = 30\nrequire = ["correct: True"]\ncontext = ["bench.py"]\n')
+        f'timeout = 30\nrequire = ["correct: True"]\ncontext = ["bench.py"]\n{extra}')
     commit_all(repo)
     agent = tmp_path / "agent.py"
-    agent.write_text(AGENT.format(ideas=IDEAS))
+    agent.write_text(AGENT.format(ideas=ideas))
     return repo, f"{sys.executable} {agent}"
 
 
@@ -176,6 +177,39 @@ def test_scripted_outcomes_keep_discard_crash_requirement_tamper_forged_metric(t
     assert (repo / "bench.py").read_text() == BENCH  # the fixed file was never touched here
     branch = subprocess.run(["git", "show", "autoresearch/s:program.py"], cwd=repo, capture_output=True, text=True)
     assert "VALUE = 20" in branch.stdout  # the branch ends at the best
+
+
+# The audit: fixed code the agent never sees, run on every keep from the base commit's files.
+AUDIT = """import sys
+import program
+assert program.check(), "the hidden invariant is broken"
+print(f"score: {program.run()}")
+"""
+AUDITED_IDEAS = {
+    1: PROGRAM.replace("VALUE = 10", "VALUE = 20"),  # honest: kept, the audit agrees
+    # games the benchmark (better only under bench.py): the audit re-measures 5, so it is discarded
+    2: "import sys\n" + PROGRAM.replace("VALUE = 10", "VALUE = 1000 if sys.argv[0].endswith('bench.py') else 5"),
+    # better, but breaks what only the audit checks: a crash
+    3: PROGRAM.replace("VALUE = 10", "VALUE = 30").replace("return True", "return False"),
+}
+
+
+def test_audit_command_re_measures_every_keep_from_the_base_commit(tmp_path):
+    repo, agent = scripted(tmp_path, ideas=AUDITED_IDEAS, extra='audit = "python audit.py"\n')
+    done = cli(repo, "run", "--tag", "a", "--proposer", "command", "--command", agent, "--max-experiments", "4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    d = decided(rows(repo, "a"))
+    assert d[0].status == "keep" and d[0].audit == "pass" and d[0].audit_val_bpb == 10
+    assert d[1].status == "keep" and d[1].audit == "pass" and d[1].audit_val_bpb == 20
+    assert d[2].status == "discard" and d[2].audit == "pass" and d[2].audit_val_bpb == 5 and d[2].val_bpb == 5
+    assert d[3].status == "crash" and d[3].audit == "fail" and "hidden invariant" in d[3].reason
+    assert "exited 1" in d[3].reason and (repo / "results" / "a" / "runs" / "0003" / "audit.log").is_file()
+    branch = subprocess.run(["git", "show", "autoresearch/a:program.py"], cwd=repo, capture_output=True, text=True)
+    assert "VALUE = 20" in branch.stdout
+    off = cli(repo, "run", "--tag", "off", "--proposer", "command", "--command", agent, "--max-experiments", "2",
+              "--audit", "off")
+    assert off.returncode == 0 and "--audit off: the target's audit command is not run" in off.stdout + off.stderr
+    assert {r.audit for r in rows(repo, "off")} == {"off"}
 
 
 def test_direction_min_keeps_the_lower_value(tmp_path):

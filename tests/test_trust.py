@@ -101,9 +101,12 @@ def test_a_declared_target_with_network_runs_unsandboxed_and_refuses_sandbox_on(
     from autoresearch.errors import AutoresearchError
     from autoresearch.trust import Trust
 
+    from autoresearch.target import Target
+
     notes = []
-    trust = Trust.open_declared("auto", tmp_path, notes.append, network=True)
+    target = Target(edit=("p.py",), run="python p.py", metric="m", direction="max", network=True)
+    trust = Trust.open_declared("auto", tmp_path, notes.append, target)
     assert trust.sandbox is None and not trust.audit and trust.declared
     assert notes == ["warning: network = true: the experiment runs unsandboxed, with the network"]
     with pytest.raises(AutoresearchError, match="network = true"):
-        Trust.open_declared("on", tmp_path, notes.append, network=True)
+        Trust.open_declared("on", tmp_path, notes.append, target)
