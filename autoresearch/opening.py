@@ -28,6 +28,7 @@ from autoresearch.html_report import write_html_report
 from autoresearch.lab import LabSettings
 from autoresearch.ledger import Ledger
 from autoresearch.live import Standing
+from autoresearch.prepare_target import prepare_files
 from autoresearch.process import AGENT_MARKER, kill_marked, kill_orphan
 from autoresearch.records import utc_now
 from autoresearch.runner import training_env
@@ -56,15 +57,9 @@ def check_start(config: RunConfig, state: dict) -> bool:
 def load_declared(config: RunConfig):
     """The target declared in the repository's autoresearch.toml (target.Target), or None for the
     nanochat lab. Bad input is one AutoresearchError line, raised before anything is created."""
-    from autoresearch.target import FILE, load_target
+    from autoresearch.target import load_target
 
-    target = load_target(Path(config.repo_root))
-    if target is not None:
-        for key in ("prepare",):  # declared, validated, but the run does not carry it out yet
-            if getattr(target, key):
-                raise AutoresearchError(f"{FILE}: `{key}` commands are not run by `autoresearch run` yet; remove "
-                                        f"the key (docs/targets.md)")
-    return target
+    return load_target(Path(config.repo_root))
 
 
 def open_workspace(config: RunConfig, ledger: Ledger) -> tuple[Workspace, str]:
@@ -253,8 +248,12 @@ class Lifecycle:
             self.lab_files = {}
         # A declared target's job carries the fixed files of the run's base commit (its edit
         # files come from each candidate's commit): every tracked file outside `edit`.
-        self.fixed_files = {} if self.target is None else {
-            name: data for name, data in self.workspace.tracked_bytes_at(self.base).items() if name not in self.edit}
+        tree = {} if self.target is None else self.workspace.tracked_bytes_at(self.base)
+        self.fixed_files = {name: data for name, data in tree.items() if name not in self.edit}
+        if self.target is not None and self.target.prepare:  # once per run; what it creates is fixed too
+            self.fixed_files.update(prepare_files(
+                self.target, tree, Path(cfg.repo_root) / ".autoresearch" / "prepared" / cfg.tag,
+                training_env(os.environ, self.lab.env()), self.paths.dir / "prepare.log", self.view.note))
         self.trust = open_trust(cfg, self.workspace, self.base, training_env(os.environ, self.lab.env()),
                                 self.view.note, self.target)
         if self.pool is None:

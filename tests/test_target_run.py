@@ -255,3 +255,57 @@ def test_resume_after_kill_9_loses_nothing_and_writes_nothing_twice(tmp_path):
     assert len(keys) == len(set(keys))  # no trial written twice
     assert len({r.experiment for r in got}) == 6
     assert all(r.status in ("keep", "discard", "crash") for r in decided(got).values())
+
+
+# ---------------------------------------------------------------------------
+# prepare: once per run, before the first experiment; what it creates travels with each one
+# ---------------------------------------------------------------------------
+
+MAKE_DATA = """import sys
+open({counter!r}, "a").write("ran\\n")  # outside the repository: how often prepare ran
+if {fail!r}:
+    sys.exit("no data source reachable")
+open("data.txt", "w").write("\\n".join(str(i) for i in range(100)))
+"""
+DATA_BENCH = """import program
+data = [int(x) for x in open("data.txt").read().split()]
+print(f"correct: {len(data) == 100}")
+print(f"score: {program.run() + sum(data)}")
+"""
+
+
+def prepared_repo(tmp_path: Path, fail: bool = False) -> tuple[Path, Path]:
+    repo, counter = tmp_path / "prep", tmp_path / "prepare-runs.txt"
+    repo.mkdir()
+    (repo / "make_data.py").write_text(MAKE_DATA.format(counter=str(counter), fail=fail))
+    (repo / "bench.py").write_text(DATA_BENCH)
+    (repo / "program.py").write_text(PROGRAM)
+    (repo / ".gitignore").write_text("data.txt\n")
+    (repo / "autoresearch.toml").write_text(
+        '[target]\nedit = ["program.py"]\nrun = "python bench.py"\nmetric = "score"\ndirection = "max"\n'
+        'timeout = 30\nrequire = ["correct: True"]\nprepare = "python make_data.py"\n')
+    commit_all(repo)
+    return repo, counter
+
+
+def test_prepare_runs_once_and_its_files_reach_every_experiment(tmp_path):
+    repo, counter = prepared_repo(tmp_path)
+    done = cli(repo, "run", "--tag", "p", "--proposer", "hparam", "--seed", "0", "--max-experiments", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = rows(repo, "p")
+    assert all(r.status != "crash" for r in got) and got[0].val_bpb == 10 + sum(range(100))
+    assert (repo / "results" / "p" / "prepare.log").is_file() and counter.read_text() == "ran\n"
+    assert not (repo / "data.txt").exists()  # made in the run's own folder, not in the checkout
+    again = cli(repo, "run", "--tag", "p", "--proposer", "hparam", "--seed", "0", "--max-experiments", "3")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert counter.read_text() == "ran\n"  # resumed on the same base: reused, not run again
+    assert len({r.experiment for r in rows(repo, "p")}) == 3
+
+
+def test_a_failing_prepare_stops_the_run_in_one_line_before_any_experiment(tmp_path):
+    repo, counter = prepared_repo(tmp_path, fail=True)
+    done = cli(repo, "run", "--tag", "f", "--proposer", "hparam", "--max-experiments", "2")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "prepare `python make_data.py` exited 1: no data source reachable" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert rows(repo, "f") == [] and counter.read_text() == "ran\n"
