@@ -4,8 +4,9 @@
 #   autoresearch run --tag nov22 --proposer command --command harness/claude.sh [--model claude-opus-5-5]
 #
 # autoresearch runs this in the run's worktree with the prompt on stdin (and in
-# $AUTORESEARCH_PROMPT_FILE). Claude may read files and edit ./train.py, nothing else: no shell,
-# no web, no other file. Needs Claude Code installed and logged in (or ANTHROPIC_API_KEY set).
+# $AUTORESEARCH_PROMPT_FILE). Claude may read files and edit ./train.py (a declared target: the
+# edit files of autoresearch.toml, from $AUTORESEARCH_EDIT_FILES), nothing else: no shell, no
+# web, no other file. Needs Claude Code installed and logged in (or ANTHROPIC_API_KEY set).
 # Environment knobs: AUTORESEARCH_MODEL (set by --model), CLAUDE_MAX_TURNS (default 30),
 # CLAUDE_EXTRA_ARGS (appended as-is, e.g. "--max-budget-usd 2").
 set -euo pipefail
@@ -19,8 +20,12 @@ args=(
   --permission-mode dontAsk              # never wait for approval: deny whatever is not allowed below
   --tools "Read,Edit"                    # the only built-in tools it gets
   --max-turns "${CLAUDE_MAX_TURNS:-30}"  # stop a runaway session
-  --allowedTools "Read" "Edit(./train.py)"
+  --allowedTools "Read"
 )
+# One Edit permission per file it may change (autoresearch sets the list; train.py in the lab).
+while IFS= read -r file; do
+  [[ -n "$file" ]] && args+=("Edit(./$file)")
+done <<< "${AUTORESEARCH_EDIT_FILES:-train.py}"
 if [[ -n "${AUTORESEARCH_MODEL:-}" ]]; then
   args+=(--model "$AUTORESEARCH_MODEL")
 fi

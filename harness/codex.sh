@@ -5,8 +5,8 @@
 #
 # autoresearch runs this in the run's worktree with the prompt on stdin (and in
 # $AUTORESEARCH_PROMPT_FILE). `codex exec` never asks for approval; the workspace-write sandbox
-# lets it edit files in the worktree (the prompt tells it to edit only train.py, and autoresearch
-# logs any change to prepare.py as a crash). Needs Codex installed and logged in (or
+# lets it edit files in the worktree (the prompt tells it to edit only train.py, or a declared
+# target's edit files; autoresearch refuses a change to any other file). Needs Codex installed and logged in (or
 # CODEX_API_KEY / OPENAI_API_KEY set). Environment knobs: AUTORESEARCH_MODEL (set by --model;
 # without it Codex uses its configured default and the cost cannot be priced),
 # CODEX_EXTRA_ARGS (appended as-is, e.g. "-c model_reasoning_effort=high").

@@ -83,7 +83,7 @@ def codex_work():
 
 
 def edit_train():
-    train = Path("train.py")
+    train = Path(os.environ.get("AUTORESEARCH_EDIT_FILES", "train.py").splitlines()[0])  # the first edit file
     train.write_text(train.read_text().replace("0.04", "0.045"))
 
 

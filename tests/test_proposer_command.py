@@ -320,6 +320,20 @@ def test_harness_scripts_pass_no_model_flag_without_model(agent, expected, workd
     assert json.loads(log.read_text())["args"] == expected
 
 
+def test_claude_sh_may_edit_exactly_a_declared_targets_edit_files(tmp_path, monkeypatch):
+    log = on_path("claude", tmp_path, monkeypatch)
+    wd = tmp_path / "bot"
+    (wd / "lib").mkdir(parents=True)
+    files = {"bot.py": "RATE = 0.04\n", "lib/moves.py": "DEPTH = 3\n"}
+    for name, text in files.items():
+        (wd / name).write_text(text)
+    proposal = command(str(REPO_ROOT / "harness" / "claude.sh")).propose(
+        ctx(wd, train_py="", files=files, lab_contract=""))
+    args = json.loads(log.read_text())["args"]
+    assert args[args.index("--allowedTools"):] == ["--allowedTools", "Read", "Edit(./bot.py)", "Edit(./lib/moves.py)"]
+    assert proposal.files["bot.py"] == "RATE = 0.045\n"
+
+
 def test_harness_script_refuses_to_run_outside_autoresearch():
     result = subprocess.run(["bash", str(REPO_ROOT / "harness" / "claude.sh")], capture_output=True, text=True,
                             env={k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")})

@@ -6,7 +6,9 @@ file named by AUTORESEARCH_PROMPT_FILE. CMD edits train.py (a declared target: i
 ctx.files) in place and may write a one-line
 description to the file named by AUTORESEARCH_DESCRIPTION_FILE. Both files live in a temporary
 directory outside the worktree, so they never dirty it. Also set for CMD:
-AUTORESEARCH_EXPERIMENT, AUTORESEARCH_MODEL when --model was given, and
+AUTORESEARCH_EXPERIMENT, AUTORESEARCH_EDIT_FILES (the files it may edit, one per line: train.py
+in the lab; harness/claude.sh allows its Edit tool exactly those), AUTORESEARCH_MODEL when
+--model was given, and
 AUTORESEARCH_AGENT_WORKTREE (the worktree: a resumed harness stops any process still carrying it,
 i.e. an agent that a kill -9 of the harness left running). The environment is otherwise passed
 through unchanged: the agent needs its own API keys.
@@ -75,6 +77,7 @@ class CommandProposer(Proposer):
             env["AUTORESEARCH_PROMPT_FILE"] = str(prompt_file)
             env["AUTORESEARCH_DESCRIPTION_FILE"] = str(description_file)
             env["AUTORESEARCH_EXPERIMENT"] = str(ctx.experiment)
+            env["AUTORESEARCH_EDIT_FILES"] = "\n".join(sorted(before) or ["train.py"])
             env[AGENT_MARKER] = str(Path(ctx.workdir).resolve())  # found on resume if orphaned
             if self.model:
                 env["AUTORESEARCH_MODEL"] = self.model
