@@ -309,3 +309,15 @@ def test_a_failing_prepare_stops_the_run_in_one_line_before_any_experiment(tmp_p
     assert "prepare `python make_data.py` exited 1: no data source reachable" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert rows(repo, "f") == [] and counter.read_text() == "ran\n"
+
+
+def test_ray_workers_get_the_whole_tree_with_what_prepare_made(tmp_path):
+    pytest.importorskip("ray")  # the [ray] extra, as in test_coordinator_ray.py
+    repo, counter = prepared_repo(tmp_path)
+    done = cli(repo, "run", "--tag", "ray", "--proposer", "hparam", "--seed", "1", "--max-experiments", "3",
+               "--ray", "local", "--workers", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 Ray workers" in done.stdout + done.stderr
+    got = rows(repo, "ray")
+    assert len({r.experiment for r in got}) == 3 and all(r.status != "crash" for r in got)  # data.txt reached them
+    assert counter.read_text() == "ran\n"
