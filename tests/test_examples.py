@@ -71,6 +71,21 @@ def test_a_forged_metric_line_from_the_program_is_a_crash(tmp_path):
 
 
 @pytest.mark.slow
+def test_lifes_audit_passes_the_real_simulator_and_catches_one_that_learned_the_bench(tmp_path):
+    root = copy("life", tmp_path)
+    target = load_target(root)
+    assert target.audit == "python audit.py" and "audit.py" not in target.context  # out of the prompt
+    code, output, _ = run_command(["/bin/sh", "-c", target.audit], root, target.timeout)
+    assert code == 0 and "3 unseen boards match" in output
+    # right on bench.py's one board, wrong on any other: the bench passes, the audit fails
+    edit(root, "    height, width = len(board), len(board[0])\n",
+         "    height, width = len(board), len(board[0])\n"
+         "    if width != 96:\n        return {g: 0 for g in checkpoints}, board\n")
+    assert measure(root)[3].ok
+    code, output, _ = run_command(["/bin/sh", "-c", target.audit], root, target.timeout)
+    assert code == 1 and "differs from the reference" in output
+
+
 def test_an_hparam_proposal_on_life_keeps_the_boards_exact(tmp_path):
     root = copy("life", tmp_path)
     target = load_target(root)

@@ -102,6 +102,8 @@ def test_life_max_two_workers_end_to_end_and_report(tmp_path):
     got = rows(repo, "l")
     assert {r.experiment for r in got} == {0, 1, 2} and all(r.val_bpb > 0 for r in got if r.status != "crash")
     check_kept_chain(got, higher=True)
+    assert all(r.audit == "pass" for r in got if r.status == "keep")  # audit.py: unseen boards, on every keep
+    assert (repo / "results" / "l" / "runs" / "0000" / "audit.log").is_file()
     report = cli(repo, "report", "--tag", "l", "--no-plot")
     assert report.returncode == 0, report.stderr
     assert "generations_per_s (higher is better)" in report.stdout
