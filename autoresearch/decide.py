@@ -6,7 +6,7 @@ No git, no files, no clock: the loop gathers the values, calls these, and applie
 """
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -98,25 +98,9 @@ def decide(trained: Trained, earlier: Sequence[float], trial: int, *, baseline: 
         mean = sum(values) / len(values)
         status = "keep" if len(values) >= baseline_repeats else "trial"
         return Decision(status, "", Verdict("keep", mean, 0.0, None, "baseline", noise.sigma))
-    verdict = judge_by_direction(direction, rule, values, tuple(base), noise, min_delta)
+    verdict = judge(rule, values, tuple(base), noise, min_delta, direction)  # delta > 0 is better for max
     status = {"keep": "keep", "discard": "discard", "confirm": "trial"}[verdict.decision]
     if status == "keep" and moved_to is not None:
         return Decision("discard", f"beat its base {parent} ({verdict.why}), but the best moved to {moved_to}", verdict,
                         combine=True)
     return Decision(status, verdict.why, verdict)
-
-
-def judge_by_direction(direction: str, rule: str, values: Sequence[float], base: Sequence[float], noise: Noise,
-                       min_delta: float) -> Verdict:
-    """keep_rule.judge, which takes lower as better, for either direction: for "max" it judges
-    the negated values (the noise is the same) and the verdict is turned back into the metric's
-    own units (mean as measured, delta = mean minus the base's mean, positive when better). The
-    one place where direction meets the keep rule."""
-    if direction == "min":
-        return judge(rule, values, base, noise, min_delta)
-    verdict = judge(rule, [-v for v in values], [-v for v in base], noise, min_delta)
-    mean, delta = -verdict.mean, -verdict.delta
-    why = verdict.why
-    if rule == "greedy":
-        why = f"greedy: {mean:.6f} vs best {mean - delta:.6f} (higher is better)"
-    return replace(verdict, mean=mean, delta=delta, why=why)

@@ -96,7 +96,8 @@ def judge(rule: str, candidate: Sequence[float], best: Sequence[float], noise: N
         return Verdict(decision, mean, delta, z, why, noise.sigma, n)
 
     if rule == "greedy":
-        return verdict("keep" if gain > 0 else "discard", None, f"greedy: {mean:.6f} vs best {reference:.6f}")
+        better = " (higher is better)" if direction == "max" else ""
+        return verdict("keep" if gain > 0 else "discard", None, f"greedy: {mean:.6f} vs best {reference:.6f}{better}")
     if rule != "noise":
         raise AutoresearchError(f"bad --keep-rule {rule!r}: use {' or '.join(RULES)}")
     if gain <= 0 or gain < min_delta - 1e-12:  # (a gain of exactly min_delta, up to rounding, is enough)
