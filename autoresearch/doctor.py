@@ -87,7 +87,8 @@ def preflight_run(config, target, proposer: str | None) -> list[Check]:
     from autoresearch.trials import RunPaths
 
     fresh = not RunPaths(config.repo_root, config.tag).state.is_file()  # a resume runs its branch, not HEAD
-    return preflight_target(config.repo_root, proposer, config.options, env, target=target, sandbox=config.sandbox,
+    sandbox = config.sandbox if config.ray is None else "off"  # Ray's workers run unsandboxed (opening.open_pool)
+    return preflight_target(config.repo_root, proposer, config.options, env, target=target, sandbox=sandbox,
                             extra_env=config.extra_env, fresh=fresh)
 
 
