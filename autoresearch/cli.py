@@ -272,26 +272,39 @@ def doctor(
     command: str = typer.Option(None, "--command", help="For --proposer command: the agent command."),
     sampler: str = typer.Option("tpe", "--sampler", help="For --proposer optuna: tpe, cmaes or random."),
     profile: str = typer.Option(None, "--profile", help=f"Lab profile, {' or '.join(PROFILES)} (default: gpu when CUDA is available)."),
+    sandbox: str = typer.Option("auto", "--sandbox", help=f"A declared target's dry run: {', '.join(SANDBOX_CHOICES)}, as for run."),
     repo: Path = typer.Option(None, "--repo", help="The autoresearch checkout (default: found above the current folder)."),
 ):
-    """Check before a night: data prepared, GPU visible, disk space, the proposer's key or agent."""
+    """Check before a night: data prepared, GPU visible, disk space, the proposer's key or agent
+    (a target in autoresearch.toml: the file, its files committed, the command, a dry run)."""
     from rich.console import Console
     from rich.table import Table
 
+    from autoresearch.config import find_research_root
     from autoresearch.doctor import run_checks
-    from autoresearch.lab import detect_profile, find_lab
+    from autoresearch.lab import detect_profile
     from autoresearch.proposers import ProposerOptions
 
     with user_errors():
         if profile not in (None, "gpu", "cpu"):
             raise AutoresearchError(f"bad --profile {profile!r}: use gpu or cpu")
-        root = find_lab(Path(repo or Path.cwd()).resolve())
+        if sandbox not in SANDBOX_CHOICES:
+            raise AutoresearchError(f"bad --sandbox {sandbox!r}: use {', '.join(SANDBOX_CHOICES)}")
+        root = find_research_root(Path(repo or Path.cwd()).resolve())
         options = ProposerOptions(model=model, base_url=base_url, command=command, sampler=sampler)
-        checks = run_checks(root, profile or detect_profile(), proposer, options)
+        if (root / "autoresearch.toml").is_file():
+            from autoresearch.doctor_target import target_checks
+
+            checks = list(target_checks(root, proposer, options, sandbox=sandbox))
+        else:
+            checks = run_checks(root, profile or detect_profile(), proposer, options)
     table = Table(title=f"autoresearch doctor ({root})", title_justify="left")
     for column in ("check", "", "what was seen", "fix"):
         table.add_column(column, overflow="fold")
     for c in checks:
         table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail, c.fix)
     Console().print(table)
-    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+    failed = [c for c in checks if not c.ok]
+    if failed and (root / "autoresearch.toml").is_file():  # the first failure as `run` would refuse it
+        typer.echo(f"error: {failed[0].name}: {failed[0].detail}; fix: {failed[0].fix}", err=True)
+    raise typer.Exit(1 if failed else 0)

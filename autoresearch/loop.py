@@ -28,7 +28,7 @@ from autoresearch.decide import Decision, Trained, decide, judge_run, refused, t
 from autoresearch.errors import AutoresearchError
 from autoresearch.html_report import write_html_report
 from autoresearch.keep_rule import Noise, pooled_noise
-from autoresearch.lab import LabSettings, detect_profile
+from autoresearch.lab import LabSettings
 from autoresearch.ledger import Best, Ledger
 from autoresearch.live import View, make_view
 from autoresearch.proposers import Context, ProposerError, Usage
@@ -63,12 +63,10 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
 
         proposer = get_proposer(config.proposer, config.options)
     check_workers(config)  # --ray imports, --gpus resolves and torch sees it: before anything exists
-    if config.preflight and target is None:  # one line naming the fix, before results/<tag>/ exists or anything trains
-        from autoresearch.doctor import preflight
+    if config.preflight:  # one line naming the fix, before results/<tag>/ exists or anything trains
+        from autoresearch.doctor import preflight_run
 
-        profile = config.profile or os.environ.get("AUTORESEARCH_PROFILE") or detect_profile()
-        preflight(config.repo_root, profile, config.proposer if built else None, config.options,
-                  {**os.environ, **config.extra_env})
+        preflight_run(config, target, config.proposer if built else None)
     view = view or make_view(config.tag)
     paths.dir.mkdir(parents=True, exist_ok=True)
     tracking = open_tracking(config.track, paths.dir, config.tag, view.note)  # --track: an observer, never raises

@@ -27,19 +27,22 @@ MIN_TIMEOUT = 3600.0  # seconds; a download takes longer than one experiment
 SKIPPED = ("__pycache__", ".git")
 
 
-def prepare_files(target, files: Mapping[str, bytes], folder: Path, env: Mapping[str, str], log: Path,
+def prepare_files(target, files: Mapping[str, bytes], folder: Path, env: Mapping[str, str], log: Path | None = None,
                   note=None) -> dict[str, bytes]:
     """Run `target.prepare` once in `folder`/tree, which holds `files` (the base commit's tree),
-    and return the files it created, by relative path. A failure is an AutoresearchError of one
-    line naming the log. A run resumed with the same base tree and command reuses the result."""
-    folder, log = Path(folder), Path(log)
-    tree, stamp = folder / "tree", folder / "prepared.json"
+    and return the files it created, by relative path. Its output is `folder`/prepare.log, copied
+    to `log` when given. A failure is an AutoresearchError of one line naming the log. The same
+    tree and command again (a resume; a run after its preflight's dry run) reuse the result."""
+    folder = Path(folder)
+    tree, stamp, own_log = folder / "tree", folder / "prepared.json", folder / "prepare.log"
     key = _key(target.prepare, files)
     if stamp.is_file():
         try:
             done = json.loads(stamp.read_text())
             if done.get("key") == key:
-                return _read(tree, done["created"])
+                created = _read(tree, done["created"])
+                _copy_log(own_log, log)
+                return created
         except (ValueError, KeyError, OSError):
             pass  # anything unreadable or missing: prepare again
     if folder.exists():
@@ -50,9 +53,11 @@ def prepare_files(target, files: Mapping[str, bytes], folder: Path, env: Mapping
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
     if note is not None:
-        note(f"prepare: running `{target.prepare}` once (log: {log})")
+        note(f"prepare: running `{target.prepare}` once (log: {log or own_log})")
     timeout = max(MIN_TIMEOUT, target.timeout)
-    result = run_training(tree, log, timeout, dict(env), command=["/bin/sh", "-c", target.prepare])
+    result = run_training(tree, own_log, timeout, dict(env), command=["/bin/sh", "-c", target.prepare])
+    _copy_log(own_log, log)
+    log = log or own_log
     if result.status == "timeout":
         raise AutoresearchError(f"prepare `{target.prepare}` ran past {timeout:g} s; see {log}")
     if result.returncode:
@@ -85,6 +90,12 @@ def prepare_files(target, files: Mapping[str, bytes], folder: Path, env: Mapping
     tmp.write_text(json.dumps({"key": key, "created": created}))
     os.replace(tmp, stamp)
     return _read(tree, created)
+
+
+def _copy_log(own: Path, log: Path | None) -> None:
+    if log is not None and own.is_file():
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(own, log)
 
 
 def _read(tree: Path, names: list[str]) -> dict[str, bytes]:

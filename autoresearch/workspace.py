@@ -68,7 +68,7 @@ def _branch_exists(repo: git.Repo, branch: str) -> bool:
         return False
 
 
-def _ensure_ignored(repo: git.Repo) -> None:
+def ensure_ignored(repo: git.Repo) -> None:
     """Make .autoresearch/ ignored, via .git/info/exclude if the user's rules do not already."""
     try:
         repo.git.check_ignore("-q", "--no-index", str(WORKTREES / "probe"))
@@ -116,7 +116,7 @@ class Workspace:
         if path.exists():
             raise AutoresearchError(f"{path} already exists; remove it or pick another --tag")
         _unregister(user, path)
-        _ensure_ignored(user)
+        ensure_ignored(user)
         try:
             user.git.worktree("add", "--quiet", "-b", branch, str(path), user.head.commit.hexsha)
         except GitCommandError as exc:
@@ -136,7 +136,7 @@ class Workspace:
             if path.exists():  # our own leftover, broken or on the wrong commit: start afresh
                 shutil.rmtree(path)
             _unregister(user, path)
-            _ensure_ignored(user)
+            ensure_ignored(user)
             try:
                 user.git.worktree("add", "--quiet", str(path), branch)
             except GitCommandError as exc:

@@ -311,6 +311,16 @@ def test_a_failing_prepare_stops_the_run_in_one_line_before_any_experiment(tmp_p
     assert "prepare `python make_data.py` exited 1: no data source reachable" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert rows(repo, "f") == [] and counter.read_text() == "ran\n"
+    doctor = cli(repo, "doctor")
+    assert doctor.returncode == 1 and "prepare" in doctor.stderr and "no data source reachable" in doctor.stderr
+
+
+def test_doctor_runs_prepare_before_its_dry_run(tmp_path):
+    repo, counter = prepared_repo(tmp_path)
+    doctor = cli(repo, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert f"score = {10 + sum(range(100))}" in doctor.stdout and counter.read_text() == "ran\n"
+    assert not (repo / "data.txt").exists() and not (repo / "results").exists()
 
 
 def test_ray_workers_get_the_whole_tree_with_what_prepare_made(tmp_path):
