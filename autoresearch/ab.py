@@ -18,6 +18,12 @@ Layout (every piece is a normal run that `autoresearch run`, `report` and `statu
    A B A B ... and stays so across a stop. Each turn is `loop.run` on the arm's tag with
    --max-experiments one past what it has: the loop's own resume does the rest.
 
+4. When every arm is done, the comparison is written (results/T/ab.png, results/T/report.html)
+   and its verdict said, in the run's metric and direction (ab_report).
+
+The lab or a declared target (autoresearch.toml): each arm is an ordinary run of the same loop,
+so "better" is whatever the target declares; only the preflight differs (no GPU or data to check).
+
 Limits: --max-experiments N is per arm, the shared baseline not counted; --max-cost USD is per
 arm (each arm's own rows and failed proposals); --max-hours H is overall, for this invocation.
 Ctrl-C (or SIGTERM) stops the arm that is running as `autoresearch run` would and stops the A/B;

@@ -75,6 +75,8 @@ def test_ab_on_a_max_target_names_the_metric_and_the_arm_with_the_highest_best(l
     assert "metric:" in text.stdout and "generations_per_s (higher is better)" in text.stdout
     assert "best generations_per_s" in text.stdout and "improvement = best - baseline" in text.stdout
     assert "val_bpb" not in text.stdout
+    status = cli(repo, "status")
+    assert status.returncode == 0 and f"{bests['hparam']:.6f} generations_per_s (max)" in status.stdout
 
     # the comparison the A/B wrote: its plot and page name the metric and its direction
     plot = png_text(repo / "results/x/ab.png")
