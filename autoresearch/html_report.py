@@ -181,10 +181,13 @@ def kept_html(s: dict) -> list[str]:
                      "-" if k.get("margin_sigma") is None else f"{k['margin_sigma']:.1f}",
                      "noise?" if k["within_noise"] else "", audit,
                      _bpb(k.get("audit_val_bpb")), _bpb(k.get("heldout_bpb")), k["description"] or ""])
+    headers = ["experiment", "commit", "decided on", "gain", "x sigma", "", "audit", "audited val", "held-out",
+               "description"]
+    if (s.get("metric") or "val_bpb") != "val_bpb":  # a declared target has no audit or held-out split
+        headers = headers[:6] + headers[9:]
+        rows = [row[:6] + row[9:] for row in rows]
     gain = "this one - previous kept mean" if s.get("higher_is_better") else "previous kept mean - this one"
-    return [f"<h2>Kept chain (each kept on the mean of its trials; gain = {gain})</h2>",
-            _table(["experiment", "commit", "decided on", "gain", "x sigma", "", "audit", "audited val",
-                    "held-out", "description"], rows)]
+    return [f"<h2>Kept chain (each kept on the mean of its trials; gain = {gain})</h2>", _table(headers, rows)]
 
 
 def experiments_html(table: analysis.Table, s: dict) -> list[str]:
