@@ -45,6 +45,7 @@ def life_ab(tmp_path_factory):
     return repo, done
 
 
+@pytest.mark.slow
 def test_ab_on_a_max_target_names_the_metric_and_the_arm_with_the_highest_best(life_ab):
     repo, done = life_ab
     assert done.returncode == 0, done.stdout + done.stderr
@@ -91,6 +92,7 @@ def test_ab_on_a_max_target_names_the_metric_and_the_arm_with_the_highest_best(l
         assert lines[name].get_ydata()[-1] == pytest.approx(bests[name])
 
 
+@pytest.mark.slow
 def test_the_progress_plot_of_a_max_run_climbs(life_ab, tmp_path):
     repo, done = life_ab
     assert done.returncode == 0, done.stdout + done.stderr
@@ -118,6 +120,7 @@ def test_the_progress_plot_of_a_max_run_climbs(life_ab, tmp_path):
     assert "gain = this one - previous kept mean" in svg
 
 
+@pytest.mark.slow
 def test_ab_on_a_min_target_picks_the_lowest_best(tmp_path):
     """compress is deterministic: hparam (seed 0) keeps WINDOW 64 -> 128 in its second experiment."""
     repo = example("compress", tmp_path)
