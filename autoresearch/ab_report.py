@@ -4,9 +4,11 @@ Per arm: its best (the mean of its trials, in the run's metric: val_bpb for the 
 target's own), the improvement over the shared baseline with its uncertainty, keeps / discards /
 crashes, experiments, cost and GPU time; one plot of each arm's running best. "Better" follows the
 direction the shared baseline's run.json records (analysis.higher_is_better): an improvement is
-positive when the arm did better, and the leader is the highest best when higher is better. The uncertainty of a difference of two means is 2 sigma sqrt(1/n_a + 1/n_b), sigma
-pooled over every repeated commit of the A/B (the baseline's repeats and every arm's confirms,
-the baseline counted once): a gain larger than that is beyond the noise at about 95 %.
+positive when the arm did better, and the leader is the highest best when higher is better.
+
+The uncertainty of a difference of two means is 2 sigma sqrt(1/n_a + 1/n_b), sigma pooled over
+every repeated commit of the A/B (the baseline's repeats and every arm's confirms, the baseline
+counted once): a gain larger than that is beyond the noise at about 95 %.
 
     summary = ab_summary(root, "mar5")     # JSON-ready dict, the "ab" object of `report --json`
 """
@@ -139,9 +141,11 @@ def verdict(arms: list[dict], sigma: float | None, higher: bool = False) -> dict
         text = (f"{first['name']} leads {second['name']} by {gap:.6f} ({side} is better); the noise is unknown "
                 "(no repeated trial), so this cannot be called.")
     elif gap > margin:
-        text = f"{first['name']} beats {second['name']} by {gap:.6f} ± {margin:.6f} ({side} is better): beyond the noise."
+        text = (f"{first['name']} beats {second['name']} by {gap:.6f} ± {margin:.6f} ({side} is better): "
+                "beyond the noise.")
     else:
-        text = f"{first['name']} leads {second['name']} by {gap:.6f} ± {margin:.6f} ({side} is better): within the noise."
+        text = (f"{first['name']} leads {second['name']} by {gap:.6f} ± {margin:.6f} ({side} is better): "
+                "within the noise.")
     return {"leader": first["name"], "runner_up": second["name"], "gap": gap, "margin": margin,
             "beyond_noise": margin is not None and gap > margin, "text": text}
 

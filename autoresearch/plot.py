@@ -147,7 +147,8 @@ def progress_figure(rows: list[dict], summary: dict):
     above = sum(1 for _, mean in _discards(rows) if (mean < low if higher else mean > high))
     if above:
         plural = "experiments" if above != 1 else "experiment"
-        ax.text(0.99, 0.97 if higher else 0.80, f"{above} {plural} worse than the baseline, {'below' if higher else 'above'} the axis",
+        where = "below" if higher else "above"
+        ax.text(0.99, 0.97 if higher else 0.80, f"{above} {plural} worse than the baseline, {where} the axis",
                 transform=ax.transAxes, fontsize=9, color="#888888", ha="right", va="top", parse_math=False)
     return _finish(fig, ax, title, low, high, metric_label(summary.get("metric"), higher), higher)
 
