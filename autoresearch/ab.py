@@ -18,6 +18,12 @@ Layout (every piece is a normal run that `autoresearch run`, `report` and `statu
    A B A B ... and stays so across a stop. Each turn is `loop.run` on the arm's tag with
    --max-experiments one past what it has: the loop's own resume does the rest.
 
+4. When every arm is done, the comparison is written (results/T/ab.png, results/T/report.html)
+   and its verdict said, in the run's metric and direction (ab_report).
+
+The lab or a declared target (autoresearch.toml): each arm is an ordinary run of the same loop,
+so "better" is whatever the target declares; only the preflight differs (no GPU or data to check).
+
 Limits: --max-experiments N is per arm, the shared baseline not counted; --max-cost USD is per
 arm (each arm's own rows and failed proposals); --max-hours H is overall, for this invocation.
 Ctrl-C (or SIGTERM) stops the arm that is running as `autoresearch run` would and stops the A/B;
@@ -41,7 +47,8 @@ from autoresearch.live import View
 from autoresearch.proposers import REGISTRY
 from autoresearch.proposers.base import ProposerOptions
 from autoresearch.proposers.optuna_backend import SAMPLERS
-from autoresearch.records import ResultsFile, RunLock, RunState, utc_now
+from autoresearch.records import ResultsFile, RunLock, RunState, metric_of, utc_now
+from autoresearch.target import load_target
 
 MANIFEST = "ab.json"
 BACKENDS = tuple(sorted(REGISTRY))
@@ -148,6 +155,10 @@ class ArmView(View):
         if not text.startswith(("done (", "stopped; resume with")):  # the A/B says how it ends and resumes
             super().note(text)
 
+    def target(self, metric: str, higher_is_better: bool) -> None:
+        """The metric is the run's; the A/B names it and its direction once, not on every turn."""
+        self.state.metric, self.state.higher_is_better = metric, higher_is_better
+
     def show(self, line: str | None) -> None:
         super().show(f"{self.label:<14} {line}" if line else line)
 
@@ -167,9 +178,13 @@ def run_ab(cfg: ABConfig) -> ABOutcome:
     root, tag = Path(cfg.repo_root), check_tag(cfg.tag)
     folder = root / "results" / tag
     manifest = check_manifest(folder, cfg)
+    target = load_target(root)  # a declared target, or None for the lab; a bad one: one line, nothing made
     if cfg.preflight:  # every arm's key, agent and the lab, before anything is created or trained
-        preflight_arms(cfg)
+        preflight_arms(cfg, declared=target is not None)
     folder.mkdir(parents=True, exist_ok=True)
+    if target is not None:
+        say(f"[ab {tag}] target: {target.metric}, {'higher' if target.higher_is_better else 'lower'} is better "
+            f"({target.run})")
     try:
         with opening.stop_signals_as_interrupt(), RunLock(folder / "ab.lock"):
             if manifest is None:
@@ -209,15 +224,27 @@ def write_manifest(folder: Path, cfg: ABConfig) -> None:
     os.replace(tmp, folder / MANIFEST)
 
 
-def preflight_arms(cfg: ABConfig) -> None:
-    from autoresearch.doctor import preflight
+def preflight_arms(cfg: ABConfig, declared: bool = False) -> None:
+    """Every arm's key or agent, and for the lab its GPU and data (a declared target has neither:
+    `run` checks its command, and the shared baseline is its dry run)."""
+    from autoresearch.doctor import check_agent, check_proposer, preflight
     from autoresearch.lab import detect_profile
 
     env = {**os.environ, **cfg.run_settings.get("extra_env", {})}
     profile = cfg.run_settings.get("profile") or env.get("AUTORESEARCH_PROFILE") or detect_profile()
     for arm in cfg.arms:
+        options = arm.options(cfg.base_url)
         try:
-            preflight(cfg.repo_root, profile, arm.backend, arm.options(cfg.base_url), env)
+            if not declared:
+                preflight(cfg.repo_root, profile, arm.backend, options, env)
+                continue
+            # a declared target has no GPU or data to check: only what the arm's proposer needs
+            checks = [check_proposer(arm.backend, options, env)]
+            if arm.backend == "command":
+                checks.append(check_agent(options.command, Path(cfg.repo_root), env))
+            for c in checks:
+                if not c.ok:
+                    raise AutoresearchError(f"{c.name}: {c.detail}; fix: {c.fix} (see `autoresearch doctor`)")
         except AutoresearchError as err:
             raise AutoresearchError(f"arm {arm.spec}: {err}") from None
 
@@ -274,7 +301,7 @@ def seed_arm(cfg: ABConfig, arm: Arm, baseline: list, loop) -> None:
     if arm_base != base:
         raise AutoresearchError(f"run {tag} starts at {arm_base[:7]}, not at the baseline's {base[:7]}; "
                                 f"delete results/{tag} and branch autoresearch/{tag}, or start a new --tag")
-    ledger = Ledger(folder)
+    ledger = Ledger(folder, metric_of(ResultsFile(root / "results" / cfg.tag / "results.tsv").header() or []))
     rows = ledger.rows()
     numbers = {r.experiment for r in baseline}
     copied = [r for r in rows if r.experiment in numbers]
@@ -334,21 +361,43 @@ def interleave(cfg: ABConfig, baseline: list, loop) -> ABOutcome:
         done[arm.name] = now
         if cfg.max_experiments is not None and now >= cfg.max_experiments:
             ended[arm.name] = limit
+    conclude(cfg)
     counts = ", ".join(f"{name} {n} ({ended.get(name, '-')})" for name, n in done.items())
     message = f"done: experiments per arm: {counts}; see `autoresearch report --tag {cfg.tag}`"
     say(message)
     return ABOutcome(0, message, done)
 
 
+def conclude(cfg: ABConfig) -> None:
+    """The comparison, written where `autoresearch report --tag T --html` would put it
+    (results/T/ab.png, results/T/report.html, the arms side by side), and its verdict said: which
+    arm did better in the metric's direction, and whether beyond the noise. The runs are the
+    record; a page that cannot be written is one warning, never a failed A/B."""
+    from autoresearch.ab_report import ab_summary
+    from autoresearch.html_report import write_ab_html
+    from autoresearch.plot import plot_arms
+
+    folder = Path(cfg.repo_root) / "results" / cfg.tag
+    try:
+        summary = ab_summary(cfg.repo_root, cfg.tag)
+        summary["plot"] = str(plot_arms(summary, folder / "ab.png"))
+        write_ab_html(folder / "report.html", summary)
+    except Exception as err:  # a report must never cost the A/B (as write_html_report for a run)
+        say(f"[ab {cfg.tag}] warning: could not write the comparison: {err}")
+        return
+    say(f"[ab {cfg.tag}] {summary['verdict']['text'] or 'one arm: nothing to compare'} "
+        f"Wrote {folder / 'ab.png'} and {folder / 'report.html'}.")
+
+
 def from_cli(tag: str, arm: list[str], repo: Path | None = None, base_url: str | None = None,
              max_experiments: int | None = None, max_hours: float | None = None,
              max_cost: float | None = None, **settings) -> ABConfig:
     """`autoresearch ab`'s options as an ABConfig; `settings` are RunConfig fields every run shares."""
-    from autoresearch.lab import find_lab
+    from autoresearch.config import find_research_root
 
     check_tag(tag)
     arms = parse_arms(list(arm or []), tag)
-    root = find_lab(Path(repo or Path.cwd()).resolve())
+    root = find_research_root(Path(repo or Path.cwd()).resolve())  # the lab, or a declared target
     settings = {k: v for k, v in settings.items() if v is not None}
     from autoresearch.config import RunConfig
 

@@ -1,10 +1,14 @@
 """`autoresearch report --tag T` for an A/B (results/T/ab.json): the arms side by side.
 
-Per arm: best val_bpb (the mean of its trials), the improvement over the shared baseline with its
-uncertainty, keeps / discards / crashes, experiments, cost and GPU time; one plot of each arm's
-running best. The uncertainty of a difference of two means is 2 sigma sqrt(1/n_a + 1/n_b), sigma
-pooled over every repeated commit of the A/B (the baseline's repeats and every arm's confirms,
-the baseline counted once): a gain larger than that is beyond the noise at about 95 %.
+Per arm: its best (the mean of its trials, in the run's metric: val_bpb for the lab, a declared
+target's own), the improvement over the shared baseline with its uncertainty, keeps / discards /
+crashes, experiments, cost and GPU time; one plot of each arm's running best. "Better" follows the
+direction the shared baseline's run.json records (analysis.higher_is_better): an improvement is
+positive when the arm did better, and the leader is the highest best when higher is better.
+
+The uncertainty of a difference of two means is 2 sigma sqrt(1/n_a + 1/n_b), sigma pooled over
+every repeated commit of the A/B (the baseline's repeats and every arm's confirms, the baseline
+counted once): a gain larger than that is beyond the noise at about 95 %.
 
     summary = ab_summary(root, "mar5")     # JSON-ready dict, the "ab" object of `report --json`
 """
@@ -33,6 +37,12 @@ def _experiments(folder: Path):
     return rows, analysis.experiments_of(rows)
 
 
+def _metric(folder: Path) -> str:
+    """The name of the run's metric: results.tsv's second column (val_bpb for the lab)."""
+    path = folder / "results.tsv"
+    return analysis.read_results(path).metric if path.is_file() else "val_bpb"
+
+
 def uncertainty(sigma: float | None, n_a: int, n_b: int) -> float | None:
     """Two standard errors of a difference of two means of n_a and n_b trials."""
     if sigma is None or not n_a or not n_b:
@@ -48,6 +58,10 @@ def ab_summary(root: Path, tag: str) -> dict:
     if not base_experiments or not base_experiments[0].decided:
         raise AutoresearchError(f"A/B {tag}: the shared baseline has not finished yet (results/{tag}/)")
     base = base_experiments[0]
+    base_run = analysis.read_run(folder)  # its direction is the A/B's: every arm runs the same target
+    higher, sign = analysis.higher_is_better(base_run), analysis.gain_sign(base_run)  # gain = sign * (ref - value)
+    metric = _metric(folder)
+    declared = metric != "val_bpb"
     base_numbers = {base.number}
     arms, groups = [], [base.values]
     for arm in manifest["arms"]:
@@ -62,7 +76,7 @@ def ab_summary(root: Path, tag: str) -> dict:
         counts = {s: sum(1 for e in own if e.decided and e.status == s) for s in ("keep", "discard", "crash")}
         running, level = [(0, base.mean)], base.mean
         for e in own:
-            if e.decided and e.status == "keep" and e.mean is not None and e.mean < level:
+            if e.decided and e.status == "keep" and e.mean is not None and analysis.better(e.mean, level, higher):
                 level = e.mean
                 running.append((e.number, level))
         cost = sum(r.cost_usd or 0.0 for r in own_rows) + float(run.get("proposal_cost_usd") or 0.0)
@@ -75,11 +89,11 @@ def ab_summary(root: Path, tag: str) -> dict:
                      "trials": len(base.values) if on_baseline else len(best.values),
                      "description": "baseline" if on_baseline else next(
                          e.first.description for e in own if e.number == best.experiment)},
-            "improvement": 0.0 if on_baseline else round(base.mean - best.mean, 9),
+            "improvement": 0.0 if on_baseline else round(sign * (base.mean - best.mean), 9),
             "cost_usd": round(cost, 6),
             "input_tokens": sum(r.input_tokens or 0 for r in own_rows),
             "output_tokens": sum(r.output_tokens or 0 for r in own_rows),
-            "gpu_seconds": round(sum(r.training_seconds or 0.0 for r in own_rows), 3),
+            "gpu_seconds": _busy_seconds(own_rows, declared),
             "running_best": [{"experiment": n, "val_bpb": v} for n, v in running],
             "last_experiment": max((e.number for e in own), default=0),
         })
@@ -91,33 +105,47 @@ def ab_summary(root: Path, tag: str) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "tag": tag,
+        "metric": metric,  # the values below are in it, under the key val_bpb (as in `report --json`)
+        "higher_is_better": higher,
         "baseline": {"tag": tag, "commit": base.commit, "val_bpb": base.mean, "trials": len(base.values),
-                     "gpu_seconds": round(sum(r.training_seconds or 0.0 for r in base.rows), 3)},
+                     "gpu_seconds": _busy_seconds(base.rows, declared)},
         "noise": {"sigma": noise.sigma, "dof": noise.dof},
         "max_experiments": manifest.get("max_experiments"),
         "arms": arms,
-        "verdict": verdict(arms, noise.sigma),
+        "verdict": verdict(arms, noise.sigma, higher),
         "plot": None,
     }
 
 
-def verdict(arms: list[dict], sigma: float | None) -> dict:
-    """Which arm has the lowest best, and whether it beats the runner-up beyond the noise."""
-    ranked = sorted(arms, key=lambda a: a["best"]["val_bpb"])
+def _busy_seconds(rows, declared: bool) -> float:
+    """The lab's training seconds; a declared target's command has no training clock of its own,
+    so the trial's wall time (its command's run) stands for it."""
+    if declared:
+        return round(sum(r.wall_seconds or 0.0 for r in rows), 3)
+    return round(sum(r.training_seconds or 0.0 for r in rows), 3)
+
+
+def verdict(arms: list[dict], sigma: float | None, higher: bool = False) -> dict:
+    """Which arm has the best best (the lowest, or the highest when higher is better), and whether
+    it beats the runner-up beyond the noise."""
+    ranked = sorted(arms, key=lambda a: -a["best"]["val_bpb"] if higher else a["best"]["val_bpb"])
     if len(ranked) < 2:
         return {"leader": ranked[0]["name"] if ranked else None, "text": ""}
     first, second = ranked[0], ranked[1]
-    gap = round(second["best"]["val_bpb"] - first["best"]["val_bpb"], 9)
+    gap = round(abs(second["best"]["val_bpb"] - first["best"]["val_bpb"]), 9)
     margin = uncertainty(sigma, first["best"]["trials"], second["best"]["trials"])
+    side = "higher" if higher else "lower"
     if gap == 0:
         text = f"{first['name']} and {second['name']} tie at {first['best']['val_bpb']:.6f}."
     elif margin is None:
-        text = (f"{first['name']} leads {second['name']} by {gap:.6f}; the noise is unknown "
+        text = (f"{first['name']} leads {second['name']} by {gap:.6f} ({side} is better); the noise is unknown "
                 "(no repeated trial), so this cannot be called.")
     elif gap > margin:
-        text = f"{first['name']} beats {second['name']} by {gap:.6f} ± {margin:.6f}: beyond the noise."
+        text = (f"{first['name']} beats {second['name']} by {gap:.6f} ± {margin:.6f} ({side} is better): "
+                "beyond the noise.")
     else:
-        text = f"{first['name']} leads {second['name']} by {gap:.6f} ± {margin:.6f}: within the noise."
+        text = (f"{first['name']} leads {second['name']} by {gap:.6f} ± {margin:.6f} ({side} is better): "
+                "within the noise.")
     return {"leader": first["name"], "runner_up": second["name"], "gap": gap, "margin": margin,
             "beyond_noise": margin is not None and gap > margin, "text": text}
 
@@ -126,15 +154,18 @@ def ab_sections(s: dict):
     from autoresearch.report import Section
 
     b, n = s["baseline"], s["noise"]
+    m, higher = s.get("metric") or "val_bpb", bool(s.get("higher_is_better"))
     head = Section(f"A/B {s['tag']}", pairs=[
-        ("shared baseline", f"{b['val_bpb']:.6f} ({b['trials']} trials, {b['commit']}, run {b['tag']})"),
+        ("metric", f"{m} ({'higher' if higher else 'lower'} is better)"),
+        (f"shared baseline {m}", f"{b['val_bpb']:.6f} ({b['trials']} trials, {b['commit']}, run {b['tag']})"),
         ("noise (pooled sigma)", "unknown" if n["sigma"] is None else f"{n['sigma']:.6f} ({n['dof']} dof)"),
         ("experiments per arm", str(s["max_experiments"] or "no limit") + " (the baseline not counted)"),
     ])
     if s["plot"]:
         head.pairs.append(("plot", s["plot"]))
     head.note = s["verdict"]["text"]
-    table = Section("Arms side by side (improvement = baseline - best, ± 2 sigma sqrt(1/n_best + 1/n_baseline))",
+    table = Section(f"Arms side by side (improvement = {'best - baseline' if higher else 'baseline - best'}, "
+                    "positive is better, ± 2 sigma sqrt(1/n_best + 1/n_baseline))",
                     headers=["", *(a["name"] for a in s["arms"])])
 
     def improvement(a):
@@ -148,13 +179,14 @@ def ab_sections(s: dict):
         ("proposer", lambda a: a["backend"] + (f" {a['model']}" if a["model"] else "")),
         ("experiments", lambda a: str(a["experiments"])),
         ("kept / discarded / crashed", lambda a: "{keep} / {discard} / {crash}".format(**a["counts"])),
-        ("best val_bpb", lambda a: f"{a['best']['val_bpb']:.6f} ({a['best']['trials']} trials)"),
+        (f"best {m}", lambda a: f"{a['best']['val_bpb']:.6f} ({a['best']['trials']} trials)"),
         ("best experiment", lambda a: "-" if a["best"]["experiment"] is None
          else f"{a['best']['experiment']}: {a['best']['description']}"),
         ("improvement", improvement),
         ("cost", lambda a: f"${a['cost_usd']:.4f}"),
         ("tokens", lambda a: f"{a['input_tokens'] + a['output_tokens']:,}"),
-        ("GPU time (training)", lambda a: f"{a['gpu_seconds']:.0f} s"),
+        ("GPU time (training)" if m == "val_bpb" else "time running the command",
+         lambda a: f"{a['gpu_seconds']:.0f} s"),
     ]
     table.rows = [[label, *(fn(a) for a in s["arms"])] for label, fn in figures]
     table.note = "* beyond the noise (improvement larger than its uncertainty)"

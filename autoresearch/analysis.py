@@ -218,8 +218,7 @@ def summarize(table: Table, run: dict | None = None, tag: str | None = None,
     baseline = _experiment_brief(valid[0]) if valid else None
     baselines = baseline_numbers(experiments)
     changes = Counter(e.status for e in decided if e.number not in baselines)
-    # A declared target's direction (run.json): gains are signed so that positive is better.
-    sign = -1.0 if (run or {}).get("direction") == "max" else 1.0
+    sign = gain_sign(run)
     if table.metric != "val_bpb":  # the lab's CUDA noise floor means nothing in another metric's units
         noise = float((run or {}).get("min_delta") or 0.0)
     kept = kept_with_deltas(experiments, baseline, noise, sign)
@@ -262,6 +261,23 @@ def summarize(table: Table, run: dict | None = None, tag: str | None = None,
         "torn_line": table.torn_line,
         "plot": None,
     }
+
+
+def higher_is_better(run: dict | None) -> bool:
+    """A run's direction, as its run.json records it: a declared target's `direction = "max"`;
+    the lab (no direction) is lower-is-better. The one place the report, the plots and the A/B
+    learn it."""
+    return (run or {}).get("direction") == "max"
+
+
+def gain_sign(run: dict | None) -> float:
+    """The sign that makes a gain positive when it is better: gain = sign * (reference - value)."""
+    return -1.0 if higher_is_better(run) else 1.0
+
+
+def better(value: float, than: float | None, higher: bool) -> bool:
+    """`value` beats `than` in the run's direction (anything beats None)."""
+    return than is None or (value > than if higher else value < than)
 
 
 def baseline_numbers(experiments) -> set[int]:
@@ -367,7 +383,8 @@ def extra_trial_effect(experiments, run: dict | None = None) -> dict:
             continue
         confirmed += 1
         noise = pooled_noise([e.values for e in experiments[:i]] + [exp.values[:1]])
-        alone = judge(rule, exp.values[:1], base, noise, min_delta, levels=Levels(max_trials=1)).decision
+        alone = judge(rule, exp.values[:1], base, noise, min_delta, levels=Levels(max_trials=1),
+                      direction="max" if higher_is_better(run) else "min").decision
         alone = "keep" if alone == "confirm" else alone  # (noise not yet measured: a gain is a keep)
         if alone != exp.status:
             changed.append({"experiment": exp.number, "first_trial_alone": alone, "final": exp.status,
@@ -565,6 +582,8 @@ def status_line(folder: Path) -> dict:
         "experiments": len(experiments),
         "kept": kept_changes(experiments),
         "best_val_bpb": best.mean,
+        "metric": table.metric if table else (run or {}).get("metric") or "val_bpb",
+        "higher_is_better": higher_is_better(run),
         "last_activity": datetime.fromtimestamp(activity, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if activity else None,
         "proposer": (run or {}).get("proposer") or ",".join(sorted(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from autoresearch import analysis
 from autoresearch.errors import AutoresearchError
-from autoresearch.plot import COMPARE_COLORS, y_range
+from autoresearch.plot import COMPARE_COLORS, metric_label, y_range
 from autoresearch.report import Section, compare_section, decided_text, run_sections
 
 PAGE = "report.html"
@@ -181,9 +181,13 @@ def kept_html(s: dict) -> list[str]:
                      "-" if k.get("margin_sigma") is None else f"{k['margin_sigma']:.1f}",
                      "noise?" if k["within_noise"] else "", audit,
                      _bpb(k.get("audit_val_bpb")), _bpb(k.get("heldout_bpb")), k["description"] or ""])
-    return ["<h2>Kept chain (each kept on the mean of its trials; gain = previous kept mean - this one)</h2>",
-            _table(["experiment", "commit", "decided on", "gain", "x sigma", "", "audit", "audited val",
-                    "held-out", "description"], rows)]
+    headers = ["experiment", "commit", "decided on", "gain", "x sigma", "", "audit", "audited val", "held-out",
+               "description"]
+    if (s.get("metric") or "val_bpb") != "val_bpb":  # a declared target has no audit or held-out split
+        headers = headers[:6] + headers[9:]
+        rows = [row[:6] + row[9:] for row in rows]
+    gain = "this one - previous kept mean" if s.get("higher_is_better") else "previous kept mean - this one"
+    return [f"<h2>Kept chain (each kept on the mean of its trials; gain = {gain})</h2>", _table(headers, rows)]
 
 
 def experiments_html(table: analysis.Table, s: dict) -> list[str]:
@@ -246,15 +250,21 @@ def progress_svg(rows: list[dict], s: dict) -> str:
     """Each decided experiment at the value it was decided on (its mean): discards grey, keeps
     green, the running best as a step line, crashes as red ticks on the bottom edge."""
     experiments = analysis.experiments_of(rows)
-    points = [(e.number, e.mean, e.status) for e in experiments if e.decided and e.status != "crash" and e.mean]
+    points = [(e.number, e.mean, e.status) for e in experiments
+              if e.decided and e.status != "crash" and e.mean is not None]
     crashes = [e.number for e in experiments if e.decided and e.status == "crash"]
     if not points:
         return '<p class="meta">No measured experiment yet.</p>'
-    base = (s["baseline"] or {}).get("val_bpb") or points[0][1]
-    best = (s["best"] or {}).get("val_bpb") or base
-    # from above the baseline down to the lowest mean: a discard below the best (within the
-    # noise) is drawn where it is, not clamped to the bottom edge
-    low, high = y_range(base, min(best, *(v for _, v, _ in points)))
+    higher = bool(s.get("higher_is_better"))
+    label = metric_label(s.get("metric"), higher)
+    base = (s["baseline"] or {}).get("val_bpb")
+    base = points[0][1] if base is None else base  # (a declared metric may be 0)
+    best = (s["best"] or {}).get("val_bpb")
+    best = base if best is None else best
+    # from the baseline out to the best mean: a discard past the best (within the noise) is drawn
+    # where it is, not clamped to the edge
+    means = [best, *(v for _, v, _ in points)]
+    low, high = y_range(base, max(means) if higher else min(means))
     numbers = [p[0] for p in points] + crashes
     x0, x1 = min(numbers), max(numbers)
     x1 = x1 if x1 > x0 else x0 + 1
@@ -265,7 +275,7 @@ def progress_svg(rows: list[dict], s: dict) -> str:
     def y(v):
         return TOP_M + (high - min(max(v, low), high)) / (high - low) * (H - TOP_M - BOTTOM)
 
-    out = [f'<svg viewBox="0 0 {W} {H}" role="img" aria-label="val_bpb per experiment">',
+    out = [f'<svg viewBox="0 0 {W} {H}" role="img" aria-label="{_e(s.get("metric") or "val_bpb")} per experiment">',
            f'<rect x="{LEFT}" y="{TOP_M}" width="{W - LEFT - RIGHT}" height="{H - TOP_M - BOTTOM}" '
            'fill="none" stroke="#ccc"/>']
     for i in range(5):  # y grid and labels
@@ -277,14 +287,14 @@ def progress_svg(rows: list[dict], s: dict) -> str:
         out.append(f'<text x="{x(n):.1f}" y="{H - BOTTOM + 18}" font-size="12" text-anchor="middle">{n}</text>')
     out.append(f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 6}" font-size="13" text-anchor="middle">experiment #'
                '</text><text x="14" y="{0}" font-size="13" transform="rotate(-90 14 {0})" text-anchor="middle">'
-               'val_bpb (lower is better)</text>'.format((TOP_M + H - BOTTOM) / 2))
+               '{1}</text>'.format((TOP_M + H - BOTTOM) / 2, _e(label)))
     # many dots as one path of zero-length round-capped segments: small at 10,000 points
     discards = "".join(f"M{x(n):.1f} {y(v):.1f}h0" for n, v, st in points if st != "keep")
     if discards:
         out.append(f'<path d="{discards}" stroke="#b0b0b0" stroke-width="6" stroke-linecap="round"/>')
     steps, level = [], None
     for n, v, st in points:
-        if st == "keep" and (level is None or v < level):
+        if st == "keep" and analysis.better(v, level, higher):
             level = v
             steps.append((n, v))
     if steps:
@@ -301,11 +311,12 @@ def progress_svg(rows: list[dict], s: dict) -> str:
     for n in crashes:
         out.append(f'<line x1="{x(n):.1f}" x2="{x(n):.1f}" y1="{H - BOTTOM - 8}" y2="{H - BOTTOM}" '
                    'stroke="#e74c3c" stroke-width="2"/>')
-    above = sum(1 for _, v, _ in points if v > high)
+    above = sum(1 for _, v, _ in points if (v < low if higher else v > high))
     legend = (f"{len(s['kept'])} kept (green), {sum(1 for p in points if p[2] != 'keep')} discarded (grey), "
               f"{len(crashes)} crashed (red ticks)")
     if above:
-        legend += f"; {above} experiment{'s' if above != 1 else ''} worse than the baseline, drawn on the top edge"
+        legend += (f"; {above} experiment{'s' if above != 1 else ''} worse than the baseline, drawn on the "
+                   f"{'bottom' if higher else 'top'} edge")
     out.append("</svg>")
     out.append(f'<p class="meta">{_e(legend)}; the green line is the running best.</p>')
     return "\n".join(out)
@@ -327,8 +338,9 @@ def ab_page(summary: dict) -> str:
 def arms_svg(summary: dict) -> str:
     base = summary["baseline"]["val_bpb"]
     arms = summary["arms"]
-    lows = [base] + [a["running_best"][-1]["val_bpb"] for a in arms if a["running_best"]]
-    low, high = y_range(base, min(lows))
+    higher = bool(summary.get("higher_is_better"))
+    bests = [base] + [a["running_best"][-1]["val_bpb"] for a in arms if a["running_best"]]
+    low, high = y_range(base, max(bests) if higher else min(bests))
     last = max([a["last_experiment"] for a in arms] + [1])
 
     def x(n):
@@ -344,6 +356,8 @@ def arms_svg(summary: dict) -> str:
     for i in range(5):
         v = low + (high - low) * i / 4
         out.append(f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" font-size="12" text-anchor="end">{v:.4f}</text>')
+    out.append('<text x="14" y="{0}" font-size="13" transform="rotate(-90 14 {0})" text-anchor="middle">{1}</text>'
+               .format((TOP_M + H - BOTTOM) / 2, _e(metric_label(summary.get("metric"), higher))))
     for i, arm in enumerate(arms):
         color = COMPARE_COLORS[i % len(COMPARE_COLORS)]
         pts = arm["running_best"]

@@ -33,6 +33,14 @@ def shorten(text: str, limit: int = LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def metric_label(metric: str | None, higher: bool) -> str:
+    """The y axis: the run's metric and its direction (the lab's val_bpb as upstream names it)."""
+    metric = metric or "val_bpb"
+    if metric == "val_bpb" and not higher:
+        return "Validation BPB (lower is better)"
+    return f"{metric} ({'higher' if higher else 'lower'} is better)"
+
+
 def y_range(baseline: float, best: float) -> tuple[float, float]:
     """From just below the best to just above the baseline (15% margin, never zero-height)."""
     low, high = sorted((baseline, best))  # a higher-is-better metric's best is above its baseline
@@ -80,7 +88,8 @@ def _discards(rows: list[dict]) -> list[tuple[int, float]]:
             if e.decided and e.status == "discard" and e.mean is not None]
 
 
-def _finish(fig, ax, path: Path, title: str, low: float, high: float, ylabel: str = "Validation BPB (lower is better)"):
+def _finish(fig, ax, title: str, low: float, high: float, ylabel: str = "Validation BPB (lower is better)",
+            higher: bool = False):
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -88,19 +97,35 @@ def _finish(fig, ax, path: Path, title: str, low: float, high: float, ylabel: st
     ax.set_ylabel(ylabel, fontsize=12)
     ax.set_title(title, fontsize=14, parse_math=False)
     ax.set_ylim(low, high)
-    ax.legend(loc="upper right", fontsize=9)
+    ax.legend(loc="lower right" if higher else "upper right", fontsize=9)  # away from where the best climbs to
     ax.grid(True, alpha=0.2)
+    return fig
+
+
+def save(fig, path: Path) -> Path:
+    """Write the figure as a PNG whose text chunks carry its title and y axis (Title,
+    Description): what the picture shows, for a reader without the image and for tests."""
+    path = Path(path)
+    ax = fig.axes[0]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Glyph .* missing")  # CJK/emoji labels
-            fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 3})  # default 6: slower, barely smaller
+            fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 3},  # default 6: slower, barely smaller
+                        metadata={"Title": ax.get_title(), "Description": ax.get_ylabel()})
     except OSError as err:
         raise AutoresearchError(f"cannot write the plot to {path}: {err.strerror or err}")
+    return path
 
 
 def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
     """Draw one run's progress (rows from analysis.read_results, summary from summarize)."""
+    return save(progress_figure(rows, summary), path)
+
+
+def progress_figure(rows: list[dict], summary: dict):
+    """plot_progress's figure, not yet written: the running best is the step line, in the run's
+    direction (it climbs when higher is better)."""
     fig, ax = _figure()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
@@ -112,9 +137,9 @@ def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
     n, k = summary["experiments"], summary.get("change_counts", summary["counts"])["keep"]
     title = f"{n} experiments, {k} changes kept" + (f"  ({summary['tag']})" if summary.get("tag") else "")
     if summary["baseline"] and summary["best"]:
-        # down to the lowest discarded mean too: one below the best (within the noise) stays in view
-        lowest = min([summary["best"]["val_bpb"], *(mean for _, mean in _discards(rows))])
-        low, high = y_range(summary["baseline"]["val_bpb"], lowest)
+        # out to the best discarded mean too: one past the best (within the noise) stays in view
+        means = [summary["best"]["val_bpb"], *(mean for _, mean in _discards(rows))]
+        low, high = y_range(summary["baseline"]["val_bpb"], max(means) if higher else min(means))
     elif summary["baseline"]:
         low, high = y_range(summary["baseline"]["val_bpb"], summary["baseline"]["val_bpb"])
     else:
@@ -122,13 +147,10 @@ def plot_progress(rows: list[dict], summary: dict, path: Path) -> Path:
     above = sum(1 for _, mean in _discards(rows) if (mean < low if higher else mean > high))
     if above:
         plural = "experiments" if above != 1 else "experiment"
-        ax.text(0.99, 0.80, f"{above} {plural} worse than the baseline, {'below' if higher else 'above'} the axis",
+        where = "below" if higher else "above"
+        ax.text(0.99, 0.97 if higher else 0.80, f"{above} {plural} worse than the baseline, {where} the axis",
                 transform=ax.transAxes, fontsize=9, color="#888888", ha="right", va="top", parse_math=False)
-    metric = summary.get("metric") or "val_bpb"
-    ylabel = ("Validation BPB (lower is better)" if metric == "val_bpb"
-              else f"{metric} ({'higher' if higher else 'lower'} is better)")
-    _finish(fig, ax, Path(path), title, low, high, ylabel)
-    return Path(path)
+    return _finish(fig, ax, title, low, high, metric_label(summary.get("metric"), higher), higher)
 
 
 def _mark_crashes(ax, rows: list[dict]):
@@ -143,14 +165,16 @@ COMPARE_COLORS = ("#2ecc71", "#3498db", "#e67e22", "#9b59b6", "#e74c3c", "#1abc9
 
 
 def plot_compare(runs: list[tuple[list[dict], dict]], path: Path) -> Path:
-    """Several runs on one axis: each run's kept points and running best in its own colour."""
+    """Several runs on one axis: each run's kept points and running best in its own colour, the
+    running best in each run's own direction."""
     fig, ax = _figure()
     bounds = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
         for i, (rows, summary) in enumerate(runs):
             label = summary.get("tag") or Path(summary["source"]).parent.name or summary["source"]
-            _draw_run(ax, rows, summary["kept"], COMPARE_COLORS[i % len(COMPARE_COLORS)], label, labels=False)
+            _draw_run(ax, rows, summary["kept"], COMPARE_COLORS[i % len(COMPARE_COLORS)], label, labels=False,
+                      higher_is_better=bool(summary.get("higher_is_better")))
             if summary["baseline"]:
                 best = summary["best"] or summary["baseline"]
                 bounds.append(y_range(summary["baseline"]["val_bpb"], best["val_bpb"]))
@@ -158,14 +182,22 @@ def plot_compare(runs: list[tuple[list[dict], dict]], path: Path) -> Path:
     high = max((b[1] for b in bounds), default=1.0)
     title = " vs ".join(f"{s.get('tag') or s['source']}: {s['experiments']} experiments, "
                         f"{s.get('change_counts', s['counts'])['keep']} changes kept" for _, s in runs)
-    _finish(fig, ax, Path(path), title, low, high)
-    return Path(path)
+    labels = list(dict.fromkeys(metric_label(s.get("metric"), bool(s.get("higher_is_better"))) for _, s in runs))
+    # runs of different metrics: each named on the axis
+    _finish(fig, ax, title, low, high, " / ".join(labels), all(s.get("higher_is_better") for _, s in runs))
+    return save(fig, path)
 
 
 def plot_arms(summary: dict, path: Path) -> Path:
     """An A/B (ab_report.ab_summary): each arm's running best from the shared baseline, one
-    colour per arm, the baseline as a dashed line."""
+    colour per arm, the baseline as a dashed line; the axis names the metric and its direction."""
+    return save(arms_figure(summary), path)
+
+
+def arms_figure(summary: dict):
+    """plot_arms's figure, not yet written."""
     fig, ax = _figure()
+    higher = bool(summary.get("higher_is_better"))
     base = summary["baseline"]["val_bpb"]
     ax.axhline(base, color="#888888", linestyle="--", linewidth=1, label=f"Shared baseline {base:.6f}")
     lows = [base]
@@ -180,7 +212,7 @@ def plot_arms(summary: dict, path: Path) -> Path:
                     label=f"{arm['name']}: best {ys[-1]:.6f} after {arm['experiments']} experiments")
             ax.scatter(xs[1:-1], ys[1:-1], c=color, s=40, zorder=4, edgecolors="black", linewidths=0.5)
             lows.append(ys[-1])
-    low, high = y_range(base, min(lows))
-    title = f"A/B {summary['tag']}: running best per arm"
-    _finish(fig, ax, Path(path), title, low, high)
-    return Path(path)
+    low, high = y_range(base, max(lows) if higher else min(lows))
+    metric = summary.get("metric") or "val_bpb"
+    title = f"A/B {summary['tag']}: running best {metric} per arm"
+    return _finish(fig, ax, title, low, high, metric_label(metric, higher), higher)

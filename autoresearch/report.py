@@ -89,12 +89,17 @@ def run_status(root: Path | None = None, as_json: bool = False, out=None) -> Non
         out.write(json.dumps({"schema_version": SCHEMA_VERSION, "runs": lines}, indent=2,
                              ensure_ascii=False) + "\n")
         return
+    metrics = {line.get("metric") or "val_bpb" for line in lines}
+    lab = metrics <= {"val_bpb"}  # a declared target's runs: each best carries its metric's name
     section = Section(f"Runs under {root / 'results'}", headers=[
-        "tag", "state", "experiments", "kept changes", "best val_bpb", "last activity", "proposer"])
+        "tag", "state", "experiments", "kept changes", "best val_bpb" if lab else "best", "last activity", "proposer"])
     for line in lines:
         proposer = " ".join(p for p in (line["proposer"], line["model"]) if p)
+        best = _bpb(line["best_val_bpb"])
+        if not lab and line["best_val_bpb"] is not None:
+            best += f" {line.get('metric') or 'val_bpb'}" + (" (max)" if line.get("higher_is_better") else "")
         section.rows.append([line["tag"], line["state"], str(line["experiments"]), str(line["kept"]),
-                             _bpb(line["best_val_bpb"]), _ago(line["last_activity"]), proposer or "-"])
+                             best, _ago(line["last_activity"]), proposer or "-"])
     if not lines:
         section.note = "No runs yet; start one with `autoresearch run`."
     render([section], out)
@@ -261,15 +266,25 @@ def compare_section(summaries: list[dict]) -> Section:
     """Runs side by side: one column per run, one line per figure."""
     names = [s["tag"] or Path(s["source"]).name for s in summaries]
     section = Section("Comparison", headers=["", *names])
-    figures = [
+    metrics = {(s.get("metric") or "val_bpb") for s in summaries}
+    # one metric: named in the labels; runs of different metrics: each value carries its own name
+    m = metrics.pop() if len(metrics) == 1 else ""
+    lab = m == "val_bpb" and not any(s.get("higher_is_better") for s in summaries)
+
+    def value(v, s):
+        return _bpb(v) + (f" {s.get('metric') or 'val_bpb'}" if v is not None and not m else "")
+
+    figures = [] if lab else [("metric", lambda s: f"{s.get('metric') or 'val_bpb'} "
+                                                  f"({'higher' if s.get('higher_is_better') else 'lower'} is better)")]
+    figures += [
         ("state", lambda s: s["state"] or "-"),
         ("proposer", lambda s: ", ".join(sorted({g["proposer"] + (f"/{g['model']}" if g["model"] else "")
                                                  for g in s["by_proposer"] if g["proposer"] != "baseline"})) or "-"),
         ("experiments", lambda s: str(s["experiments"])),
         ("changes kept / discarded / crashed", lambda s: "{keep} / {discard} / {crash}".format(**s["change_counts"])),
         ("keep rate", lambda s: _pct(s["keep_rate"])),
-        ("baseline val_bpb", lambda s: _bpb((s["baseline"] or {}).get("val_bpb"))),
-        ("best val_bpb", lambda s: _bpb((s["best"] or {}).get("val_bpb"))),
+        (f"baseline {m}".strip(), lambda s: value((s["baseline"] or {}).get("val_bpb"), s)),
+        (f"best {m}".strip(), lambda s: value((s["best"] or {}).get("val_bpb"), s)),
         ("improvement", lambda s: "-" if s["improvement"] is None
          else f"{s['improvement']:.6f} ({s['improvement_pct']:.2f}%)"),
         ("kept improvements (within noise)", lambda s: f"{s['improvements']} ({s['within_noise']})"),
@@ -355,6 +370,9 @@ def _verdict(s: dict) -> str:
     if not s["improvements"]:
         return "Nothing kept yet beyond the baseline."
     if s["within_noise"] == s["improvements"]:
+        if (s.get("metric") or "val_bpb") != "val_bpb":  # a declared target's threshold is its min_delta
+            return (f"Every kept gain is below min_delta {s['noise_threshold']:g} {s['metric']}: "
+                    "re-run the best commit before trusting it.")
         return (f"Every kept gain is below {s['noise_threshold']:.0e}, within CUDA run-to-run noise: "
                 "re-run the best commit before trusting it.")
     return ""
