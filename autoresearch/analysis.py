@@ -351,8 +351,9 @@ def noise_summary(experiments, rows: list[dict]) -> dict:
     """The pooled run-to-run sigma (the Ledger's estimate) and what the repeats cost."""
     noise = noise_of(experiments)
     extra = [r for exp in experiments for r in exp.rows[1:]]
-    seconds = [r.training_seconds for r in extra if getattr(r, "training_seconds", None)]
-    total = [r["training_seconds"] for r in rows if r.get("training_seconds")]
+    # the lab's summary says how long it trained; a declared target's command: its whole run
+    seconds = [v for r in extra if (v := getattr(r, "training_seconds", None) or getattr(r, "run_seconds", None))]
+    total = [v for r in rows if (v := r.get("training_seconds") or r.get("run_seconds"))]
     return {
         "sigma": noise.sigma,
         "dof": noise.dof,
@@ -430,7 +431,7 @@ def _brief(row: dict | None) -> dict | None:
         return None
     return {key: row.get(key) for key in (
         "experiment", "commit", "val_bpb", "memory_gb", "description", "proposer", "model",
-        "audit", "audit_val_bpb", "heldout_bpb")}
+        "audit", "audit_val_bpb", "heldout_bpb", "metrics")}
 
 
 OVERFIT_FLOOR = 1e-3
@@ -495,6 +496,8 @@ def timing(rows: list[dict], run: dict | None, experiments: int | None = None,
         "device": device,
         "gpu_training_share": busy / (busy + idle) if timed and busy + idle > 0 else None,
         "gpu_idle_seconds": idle if timed else None,
+        "busy_seconds": busy if timed else None,
+        "workers": int((run or {}).get("workers") or 1),
         "elapsed_hours": hours,
         "experiments_per_hour": (len(rows) if experiments is None else experiments) / hours if hours else None,
         "mean_wall_seconds": sum(walls) / len(walls) if walls else None,

@@ -174,11 +174,14 @@ def run_sections(s: dict, top: int) -> list[Section]:
             f"  ({s['within_noise']} within noise, < {s['noise_threshold']:.0e})" if s["within_noise"] else "")),
     ]
     n = s["noise"]
+    declared = s.get("metric", "val_bpb") != "val_bpb"  # a declared target: its command runs, nothing "trains"
     if n["sigma"] is not None or n["extra_trials"]:
         overview.pairs += [
             ("noise (pooled sigma)", "-" if n["sigma"] is None else f"{n['sigma']:.6f} ({n['dof']} dof)"),
-            ("repeats and confirms", f"{n['extra_trials']} trials, {n['extra_training_seconds']:.0f} s of training "
-                                     f"({100 * n['extra_share']:.1f}% of all training)"),
+            ("repeats and confirms", f"{n['extra_trials']} trials, " + (
+                f"{n['extra_training_seconds']:.1f} s running the command ({100 * n['extra_share']:.1f}% of all its "
+                "running time)" if declared else f"{n['extra_training_seconds']:.0f} s of training "
+                f"({100 * n['extra_share']:.1f}% of all training)")),
         ]
     if n.get("confirms", {}).get("confirm_trials"):
         overview.pairs.append(("keep rule's extra trials", extra_trials_line(n["confirms"])))
@@ -190,7 +193,7 @@ def run_sections(s: dict, top: int) -> list[Section]:
             ("mean wall per experiment", _num(t["mean_wall_seconds"], "{:.1f} s")),
         ]
     if t.get("gpu_training_share") is not None:
-        overview.pairs.append(busy_pair(t))
+        overview.pairs.append(busy_pair(t, declared))
     if u["cost_usd"] is not None or u["input_tokens"] is not None:
         tokens = (u["input_tokens"] or 0) + (u["output_tokens"] or 0)
         overview.pairs += [
@@ -214,12 +217,16 @@ def run_sections(s: dict, top: int) -> list[Section]:
         kept = Section(f"Kept experiments, in order ({m} = mean ± half-range of its trials; "
                        f"gain = the improvement over the previous kept mean ({better}), also in units of sigma)",
                        headers=["experiment", "commit", m, "trials", "gain", "x sigma", "", "description"])
+        others = any(k.get("metrics") for k in s["kept"])  # a declared target's secondary metrics
+        if others:
+            kept.headers.insert(-1, "other metrics")
         for k in s["kept"]:
             spread = f" ± {k['spread']:.6f}" if k.get("spread") is not None else ""
             kept.rows.append([str(k["experiment"]), k["commit"] or "", _bpb(k["val_bpb"]) + spread,
                               str(k.get("trials") or 1), _gain(k["delta"]),
                               "-" if k.get("margin_sigma") is None else f"{k['margin_sigma']:.1f}",
-                              "noise?" if k["within_noise"] else "", k["description"] or ""])
+                              "noise?" if k["within_noise"] else "", *([k.get("metrics") or "-"] if others else []),
+                              k["description"] or ""])
         sections.append(kept)
     h = s.get("heldout") or {}
     if h.get("steps"):
@@ -328,18 +335,29 @@ def decided_text(k: dict | None) -> str:
     return f"{k['val_bpb']:.6f} ({trials} trial{'s' if trials > 1 else ''})"
 
 
-def busy_pair(t: dict) -> tuple[str, str]:
-    """The training share of the run: "the GPU" only when a GPU trained, with the real span."""
+def busy_pair(t: dict, declared: bool = False) -> tuple[str, str]:
+    """The training share of the run: "the GPU" only when a GPU trained, with the real span (a
+    declared target: the share of time its command was running)."""
     share, idle = 100 * t["gpu_training_share"], t["gpu_idle_seconds"]
     span = f" of {duration(t['elapsed_hours'] * 3600)}" if t.get("elapsed_hours") else ""
+    if t.get("workers", 1) > 1 and t.get("busy_seconds") is not None:  # busy + idle add up over the workers
+        span = f" of {t['workers']} workers' time ({duration(t['busy_seconds'])} busy"
+        idle_text = f", {duration(idle)} idle, start-up included)"
+    else:
+        if declared and t.get("busy_seconds") is not None:  # short runs: the timestamps' seconds would not add up
+            span = f" of {duration(t['busy_seconds'] + idle)}"
+        idle_text = f" ({duration(idle)} idle between {'runs' if declared else 'trainings'})"
+    if declared:
+        return "command busy", f"the command ran {share:.1f}%{span}{idle_text}"
     gpu = (t.get("device") or "").startswith("cuda")
     who = "the GPU trained" if gpu else f"training ran ({t.get('device') or 'device unknown'})"
-    return ("GPU busy" if gpu else "training busy",
-            f"{who} {share:.1f}%{span} ({idle:.0f} s idle between trainings)")
+    return "GPU busy" if gpu else "training busy", f"{who} {share:.1f}%{span}{idle_text}"
 
 
 def duration(seconds: float) -> str:
-    """`5 min 12 s`, `7.9 h`."""
+    """`0.4 s`, `5 min 12 s`, `7.9 h`."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 3600:
         minutes, rest = divmod(int(round(seconds)), 60)
         return f"{minutes} min {rest} s" if minutes else f"{rest} s"

@@ -90,6 +90,8 @@ def test_compress_min_deterministic_end_to_end_and_report(tmp_path):
     report = cli(repo, "report", "--tag", "c", "--no-plot")
     assert report.returncode == 0, report.stderr
     assert "ratio (lower is better)" in report.stdout and "baseline ratio" in report.stdout
+    assert "other metrics" in report.stdout and "compress_seconds=" in report.stdout  # secondary, per kept row
+    assert "the command ran" in report.stdout and "training" not in report.stdout.split("Kept experiments")[0]
 
 
 def test_life_max_two_workers_end_to_end_and_report(tmp_path):
