@@ -521,8 +521,11 @@ def _markdown_section(section: Section) -> list[str]:
         lines += ["| | |", "|---|---|"] + [f"| {_md(k)} | {_md(v)} |" for k, v in section.pairs] + [""]
     if section.headers:
         lines.append("| " + " | ".join(_md(h) for h in section.headers) + " |")
-        lines.append("|" + "|".join("---:" if _numeric(h) or h in ("gain", "val_bpb") else "---"
-                                    for h in section.headers) + "|")
+        columns = list(zip(*section.rows)) or [()] * len(section.headers)  # numbers right, as in the plain text
+        right = [any(_numeric(c.split(" ")[0]) for c in column) and all(
+            _numeric(c.split(" ")[0]) or c in ("", "-") for c in column) for column in columns]
+        lines.append("|" + "|".join("---:" if r or h in ("gain", "val_bpb") else "---"
+                                    for h, r in zip(section.headers, right)) + "|")
         lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in section.rows] + [""]
     if section.note:
         lines += [f"**{_md(section.note)}**", ""]
