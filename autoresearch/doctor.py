@@ -17,7 +17,7 @@ second instead:
             checkout), and the agent a harness/ template runs.
 
 A target declared in autoresearch.toml has checks of its own instead of gpu and data
-(doctor_target.py); preflight_run picks the lab's or the target's for loop.run.
+(doctor_target.py, which also holds preflight_run: the lab's or the target's, for loop.run).
 """
 
 import ast
@@ -72,36 +72,6 @@ def preflight(repo_root: Path, profile: str, proposer: str | None, options: Prop
         if not c.ok:
             raise AutoresearchError(f"{c.name}: {c.detail}; fix: {c.fix} (see `autoresearch doctor`)")
     return checks
-
-
-def preflight_run(config, target, proposer: str | None) -> list[Check]:
-    """loop.run's start-up checks, before results/<tag>/ exists: the lab's (gpu, data, disk,
-    proposer), or a declared target's (doctor_target). Raises the first failure as one line."""
-    env = {**os.environ, **config.extra_env}
-    if target is None:
-        from autoresearch.lab import detect_profile
-
-        profile = config.profile or os.environ.get("AUTORESEARCH_PROFILE") or detect_profile()
-        return preflight(config.repo_root, profile, proposer, config.options, env)
-    from autoresearch.doctor_target import preflight_target
-    from autoresearch.trials import RunPaths
-
-    fresh = not RunPaths(config.repo_root, config.tag).state.is_file()  # a resume runs its branch, not HEAD
-    sandbox = config.sandbox if config.ray is None else "off"  # Ray's workers run unsandboxed (opening.open_pool)
-    prepared = None
-    if fresh and target.prepare:  # the run's own folder: its start reuses what the dry run prepared
-        import git
-
-        from autoresearch.workspace import ensure_ignored
-
-        ensure_ignored(git.Repo(config.repo_root))
-        prepared = Path(config.repo_root) / ".autoresearch" / "prepared" / config.tag
-    if fresh:  # the one slow step of a start: say what it waits for
-        first = f"`{target.prepare}`, then " if target.prepare else ""
-        print(f"preflight: {first}one dry run of `{target.run}` (autoresearch doctor's checks) before anything "
-              "is created", flush=True)
-    return preflight_target(config.repo_root, proposer, config.options, env, target=target, sandbox=sandbox,
-                            extra_env=config.extra_env, fresh=fresh, prepared=prepared)
 
 
 # ---------------------------------------------------------------------------

@@ -30,11 +30,40 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from autoresearch.doctor import Check, check_agent, check_disk, check_proposer
+from autoresearch.doctor import Check, check_agent, check_disk, check_proposer, preflight
 from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.base import ProposerOptions
 
 TOML_FIX = "edit autoresearch.toml (docs/targets.md)"
+
+
+def preflight_run(config, target, proposer: str | None) -> list[Check]:
+    """loop.run's start-up checks, before results/<tag>/ exists: the lab's (gpu, data, disk,
+    proposer), or a declared target's (doctor_target). Raises the first failure as one line."""
+    env = {**os.environ, **config.extra_env}
+    if target is None:
+        from autoresearch.lab import detect_profile
+
+        profile = config.profile or os.environ.get("AUTORESEARCH_PROFILE") or detect_profile()
+        return preflight(config.repo_root, profile, proposer, config.options, env)  # the lab's (doctor.py)
+    from autoresearch.trials import RunPaths
+
+    fresh = not RunPaths(config.repo_root, config.tag).state.is_file()  # a resume runs its branch, not HEAD
+    sandbox = config.sandbox if config.ray is None else "off"  # Ray's workers run unsandboxed (opening.open_pool)
+    prepared = None
+    if fresh and target.prepare:  # the run's own folder: its start reuses what the dry run prepared
+        import git
+
+        from autoresearch.workspace import ensure_ignored
+
+        ensure_ignored(git.Repo(config.repo_root))
+        prepared = Path(config.repo_root) / ".autoresearch" / "prepared" / config.tag
+    if fresh:  # the one slow step of a start: say what it waits for
+        first = f"`{target.prepare}`, then " if target.prepare else ""
+        print(f"preflight: {first}one dry run of `{target.run}` (autoresearch doctor's checks) before anything "
+              "is created", flush=True)
+    return preflight_target(config.repo_root, proposer, config.options, env, target=target, sandbox=sandbox,
+                            extra_env=config.extra_env, fresh=fresh, prepared=prepared)
 
 
 def preflight_target(root: Path, proposer: str | None, options: ProposerOptions | None = None,

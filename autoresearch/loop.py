@@ -64,7 +64,7 @@ def run(config: RunConfig, proposer=None, view: View | None = None, pool=None) -
         proposer = get_proposer(config.proposer, config.options)
     check_workers(config)  # --ray imports, --gpus resolves and torch sees it: before anything exists
     if config.preflight:  # one line naming the fix, before results/<tag>/ exists or anything trains
-        from autoresearch.doctor import preflight_run
+        from autoresearch.doctor_target import preflight_run
 
         preflight_run(config, target, config.proposer if built else None)
     view = view or make_view(config.tag)
