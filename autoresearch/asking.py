@@ -40,6 +40,7 @@ from typing import Callable
 from autoresearch import proposal_log
 from autoresearch.process import AGENT_MARKER, kill_marked
 from autoresearch.proposers import Context, Proposal, ProposerError, Usage
+from autoresearch.proposers.base import NothingEdited
 
 CANCEL_JOIN_SECONDS = 10.0  # a cancelled agent is killed at once; an HTTP call may not return
 SPECULATION_LABELS = ("fresh", "used", "rebased", "discarded-asked-again", "failed-asked-again")
@@ -117,9 +118,17 @@ class Asker:
 
     def _ask(self, prepared: Prepared, scratch: Path | None) -> None:
         try:
-            proposal = self.proposer.propose(prepared.ctx)
+            nothing = None
+            try:
+                proposal = self.proposer.propose(prepared.ctx)
+            except NothingEdited as err:  # a declared target's fixed file changed instead: a crash row
+                if scratch is None or not self.fixed_is_crash:
+                    raise
+                proposal, nothing = err.proposal, err
             if scratch is not None:
                 prepared.fixed_changed = check_scratch(scratch, prepared.base, proposal, self.edit, self.fixed_is_crash)
+            if nothing is not None and not prepared.fixed_changed:
+                raise nothing
             base = dict(prepared.ctx.files)
             outside = sorted(set(proposal.files) - set(self.edit))
             if outside and self.fixed_is_crash:

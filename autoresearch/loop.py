@@ -258,9 +258,9 @@ class Run(opening.Lifecycle):
         change = Change(n, commit, best, proposal.description, proposal.hypothesis, self.proposer.name, proposal.model)
         self.write_proposal(change, record)
         launch = Launch(change, 1, proposal.usage, record=record, proposal=proposal)
-        if prepared.fixed_changed:  # a declared target's fixed file: a crash row, never trained
-            self.parked.append((launch, refused(f"the proposal changed fixed file {', '.join(prepared.fixed_changed)} "
-                                                "(not applied, not trained)", self.paths.log(n, 1))))
+        if prepared.fixed_changed:  # a declared target's fixed file: a crash row at once, never trained
+            self.settle(launch, refused(f"the proposal changed fixed file {', '.join(prepared.fixed_changed)} "
+                                        "(not applied, not trained)", self.paths.log(n, 1)))
             return None
         return launch
 
@@ -431,7 +431,7 @@ class Run(opening.Lifecycle):
                 env.update(pin_env(gpu, env))  # in the order the workers are pinned in
             audited = self.trust.audit_keep(trained.model, trained.val_bpb, env, self.target and {
                 **self.fixed_files, **self.files_at(launch.change.commit)}, self.paths.run_dir(launch.change.number) / "audit.log")
-        if not audited.ok or audited.result.val_bpb is None:  # (a declared audit may check without measuring)
+        if not audited.ok or audited.result.val_bpb is None:  # (a declared audit: a check, never re-decided)
             return (decided if audited.ok else Decision("crash", audited.reason)), audited
         trained.val_bpb = round(audited.result.val_bpb, 6)
         trained.result.metrics["val_bpb"] = trained.val_bpb

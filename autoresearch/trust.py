@@ -58,6 +58,7 @@ class Audited:
     result: AuditResult
     ok: bool
     reason: str = ""
+    value: float | None = None  # a declared audit's printed metric: recorded (audit_val_bpb), never decided on
 
 
 def supports_audit(prepare_py: str) -> bool:
@@ -173,7 +174,8 @@ class Trust:
             row.audit = "off"
         elif audited is not None:
             row.audit = "pass" if audited.ok else "fail"
-            row.audit_val_bpb, row.heldout_bpb = audited.result.val_bpb, audited.result.heldout_bpb
+            row.audit_val_bpb = audited.result.val_bpb if audited.result.val_bpb is not None else audited.value
+            row.heldout_bpb = audited.result.heldout_bpb
             row.audit_seconds = round(audited.result.seconds, 1)
 
     def cache_changes(self, full: bool) -> list[str]:
@@ -207,8 +209,9 @@ def audit_command(target, files: dict, env: Mapping[str, str], scratch: Path, lo
     """A declared target's audit of a keep: its `audit` command, from the base commit's fixed
     files with the candidate's edit files, in a fresh folder (sandboxed by `wrap`, like a
     training), killed after the target's timeout. It passes when it exits 0 without touching a
-    file it was given. When it prints the metric (one finite value), that value is the audited
-    one: the keep is decided again with it (docs/targets.md)."""
+    file it was given: it is a check, its verdict is its exit status. A metric it prints (one
+    finite value) is recorded in the row's audit_val_bpb and never decided on: an audit may
+    measure other inputs, on another scale (docs/targets.md)."""
     from autoresearch.judge import judge_output
     from autoresearch.trainers import LocalTrainer, TrainJob
 
@@ -229,11 +232,9 @@ def audit_command(target, files: dict, env: Mapping[str, str], scratch: Path, lo
     if touched:
         return Audited(result, False, f"audit: the audited code modified {', '.join(touched[:5])}")
     measured = judge_output(replace(target, require=(), constraints=()), text, 0)
-    if measured.ok:
-        result.val_bpb = measured.value
-    elif f"no {target.metric} line" not in (measured.reason or ""):
-        return Audited(result, False, f"audit: {measured.reason}{where}")
-    return Audited(result, True)
+    if not measured.ok and f"no {target.metric} line" not in (measured.reason or ""):
+        return Audited(result, False, f"audit: {measured.reason}{where}")  # printed, but twice or not a number
+    return Audited(result, True, value=measured.value if measured.ok else None)
 
 
 def choose_sandbox(sandbox: str, note: Callable[[str], None], unsandboxed: str) -> Sandbox | None:

@@ -134,6 +134,7 @@ IDEAS = {
     6: "print('score: 999999')\n" + PROGRAM.replace("VALUE = 10", "VALUE = 30"),  # a forged metric line
     # the agent edits the fixed bench in its checkout: a crash row naming it, never trained
     7: {"program.py": PROGRAM.replace("VALUE = 10", "VALUE = 40"), "bench.py": BENCH.replace("v = ", "v = 1000 + ")},
+    8: {"bench.py": BENCH.replace("v = ", "v = 1000 + ")},  # only the fixed bench: a crash row too, not a failure
 }
 AGENT = """import os, sys
 ideas = {ideas!r}
@@ -162,7 +163,7 @@ def scripted(tmp_path: Path, direction: str = "max", ideas: dict = IDEAS, extra:
 
 def test_scripted_outcomes_keep_discard_crash_requirement_tamper_forged_metric(tmp_path):
     repo, agent = scripted(tmp_path)
-    done = cli(repo, "run", "--tag", "s", "--proposer", "command", "--command", agent, "--max-experiments", "8")
+    done = cli(repo, "run", "--tag", "s", "--proposer", "command", "--command", agent, "--max-experiments", "9")
     assert done.returncode == 0, done.stdout + done.stderr
     assert header(repo, "s")[1] == "score"
     d = decided(rows(repo, "s"))
@@ -178,20 +179,27 @@ def test_scripted_outcomes_keep_discard_crash_requirement_tamper_forged_metric(t
     assert "VALUE = 40" in (repo / "results" / "s" / "runs" / "0007" / "diff.patch").read_text()
     shown = subprocess.run(["git", "show", "autoresearch/s:bench.py"], cwd=repo, capture_output=True, text=True)
     assert shown.stdout == BENCH
+    assert d[8].status == "crash" and "changed fixed file bench.py" in d[8].reason
+    assert (repo / "results" / "s" / "runs" / "0008" / "diff.patch").read_text() == ""  # nothing of it applied
     assert (repo / "bench.py").read_text() == BENCH  # the fixed file was never touched here
     branch = subprocess.run(["git", "show", "autoresearch/s:program.py"], cwd=repo, capture_output=True, text=True)
     assert "VALUE = 20" in branch.stdout  # the branch ends at the best
 
 
 # The audit: fixed code the agent never sees, run on every keep from the base commit's files.
-AUDIT = """import sys
+AUDIT = """import re, subprocess, sys
 import program
 assert program.check(), "the hidden invariant is broken"
-print(f"score: {program.run()}")
+value = program.run()
+bench = subprocess.run([sys.executable, "bench.py"], capture_output=True, text=True).stdout
+measured = float(re.search(r"score: (\\S+)", bench).group(1))
+if measured != value:
+    sys.exit(f"bench.py measures {measured:g} but the program gives {value:g} outside it")
+print(f"score: {value}")
 """
 AUDITED_IDEAS = {
     1: PROGRAM.replace("VALUE = 10", "VALUE = 20"),  # honest: kept, the audit agrees
-    # games the benchmark (better only under bench.py): the audit re-measures 5, so it is discarded
+    # games the benchmark (better only under bench.py): the audit sees 5 outside it and fails
     2: "import sys\n" + PROGRAM.replace("VALUE = 10", "VALUE = 1000 if sys.argv[0].endswith('bench.py') else 5"),
     # better, but breaks what only the audit checks: a crash
     3: PROGRAM.replace("VALUE = 10", "VALUE = 30").replace("return True", "return False"),
@@ -205,7 +213,8 @@ def test_audit_command_re_measures_every_keep_from_the_base_commit(tmp_path):
     d = decided(rows(repo, "a"))
     assert d[0].status == "keep" and d[0].audit == "pass" and d[0].audit_val_bpb == 10
     assert d[1].status == "keep" and d[1].audit == "pass" and d[1].audit_val_bpb == 20
-    assert d[2].status == "discard" and d[2].audit == "pass" and d[2].audit_val_bpb == 5 and d[2].val_bpb == 5
+    assert d[2].status == "crash" and d[2].audit == "fail" and "bench.py measures 1000 but" in d[2].reason
+    assert d[2].val_bpb == 0 and d[2].audit_val_bpb is None  # (a crash row shows no value, as upstream's)
     assert d[3].status == "crash" and d[3].audit == "fail" and "hidden invariant" in d[3].reason
     assert "exited 1" in d[3].reason and (repo / "results" / "a" / "runs" / "0003" / "audit.log").is_file()
     branch = subprocess.run(["git", "show", "autoresearch/a:program.py"], cwd=repo, capture_output=True, text=True)

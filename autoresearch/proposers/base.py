@@ -111,6 +111,16 @@ class ProposerError(Exception):
         self.raw = raw
 
 
+class NothingEdited(ProposerError):
+    """An agent ended well but left every edit file as it was. `proposal` is what it said it did
+    (its files empty): the asker may find it changed a fixed file instead, which a declared
+    target records as a crash row rather than a failed proposal."""
+
+    def __init__(self, message: str, proposal: "Proposal"):
+        super().__init__(message, proposal.usage, proposal.raw)
+        self.proposal = proposal
+
+
 @dataclass
 class ProposerOptions:
     """What the CLI passes to a backend's factory; each backend reads the fields it needs."""

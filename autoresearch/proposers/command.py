@@ -36,7 +36,8 @@ from pathlib import Path
 from autoresearch.edits import parse_reply
 from autoresearch.errors import AutoresearchError
 from autoresearch.proposers.agent_usage import usage_from_output
-from autoresearch.proposers.base import REGISTRY, Context, Proposal, Proposer, ProposerError, ProposerOptions
+from autoresearch.proposers.base import (REGISTRY, Context, NothingEdited, Proposal, Proposer, ProposerError,
+                                         ProposerOptions)
 from autoresearch.proposers.pricing import PriceTable
 from autoresearch.proposers.prompt import build_agent_prompt
 from autoresearch.process import AGENT_MARKER, KILL_GRACE, Supervised, describe_exit
@@ -98,12 +99,9 @@ class CommandProposer(Proposer):
             except OSError:
                 raise ProposerError(f"command removed {name}{tail}", usage, raw) from None
         changed = {name: text for name, text in after.items() if text != before[name]}
-        if not changed:
-            raise ProposerError(f"command left {' and '.join(before)} unchanged{tail}", usage, raw)
-
         fields = parse_fields(agent_text)
         description = _first_line(description_text) or fields.description or "edit by external command"
-        return Proposal(
+        proposal = Proposal(
             hypothesis=fields.hypothesis or description,
             description=description,
             files=changed,
@@ -112,6 +110,9 @@ class CommandProposer(Proposer):
             prompt=prompt,
             raw=raw,
         )
+        if not changed:
+            raise NothingEdited(f"command left {' and '.join(before)} unchanged{tail}", proposal)
+        return proposal
 
     def _run(self, workdir, env, prompt_file: Path, output_file: Path) -> tuple[int, float, bool]:
         """Run the agent as a supervised process (process.py): whatever it started, also what
