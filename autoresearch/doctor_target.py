@@ -159,8 +159,9 @@ def _split(message: str, default_fix: str) -> tuple[str, str]:
 
 
 def _check_command(root: Path, target, fresh: bool = True) -> Check:
-    """The run command's program exists (target.check_command), and (`fresh`: a new run) the
-    script it names is in the last commit (a run's tree is that commit's, not the folder's)."""
+    """The programs of run, prepare and audit exist (target.check_command), and (`fresh`: a new
+    run) the scripts they name are in the last commit (a run's tree is that commit's, not the
+    folder's)."""
     from autoresearch.target import check_command
 
     try:
@@ -169,24 +170,35 @@ def _check_command(root: Path, target, fresh: bool = True) -> Check:
                 check_command(root, command, key)
     except AutoresearchError as err:
         return Check("command", False, *_split(str(err), "fix `run` in autoresearch.toml"))
-    words = shlex.split(target.run)
-    while words and "=" in words[0] and words[0].split("=", 1)[0].isidentifier():  # FOO=1 python x.py
+    for key, command in (("run", target.run), ("prepare", target.prepare), ("audit", target.audit)):
+        script = _script(command) if command and fresh else None
+        if script is not None and _git(root, "ls-files", "--error-unmatch", "--", script) is None:
+            return Check("command", False,
+                         f"{script}, which `{key}` runs, is not committed: a run's tree is the last commit's",
+                         f"git add {script} && git commit")
+    words = _words(target.run)
+    program = words[0] if words else target.run
+    found = shutil.which(program) if "/" not in program else str(root / program)
+    return Check("command", True, f"`{target.run}`" + (f": {program} -> {found}" if found else ""))
+
+
+def _words(command: str) -> list[str]:
+    """The command's words without leading variable assignments (FOO=1 python x.py)."""
+    words = shlex.split(command)
+    while words and "=" in words[0] and words[0].split("=", 1)[0].isidentifier():
         words.pop(0)
+    return words
+
+
+def _script(command: str) -> str | None:
+    """The repository file a command runs: `python x.py`'s x.py, or a relative `./tool`."""
+    words = _words(command)
     script = None
     if words and Path(words[0]).name.startswith("python") and len(words) > 1 and words[1].endswith(".py"):
         script = words[1]
     elif words and "/" in words[0] and not Path(words[0]).is_absolute():
         script = words[0]
-    if script is not None and fresh:
-        name = os.path.normpath(script).replace(os.sep, "/")
-        tracked = _git(root, "ls-files", "--error-unmatch", "--", name)
-        if tracked is None:
-            return Check("command", False,
-                         f"{name}, which `{target.run}` runs, is not committed: a run's tree is the last commit's",
-                         f"git add {name} && git commit")
-    program = words[0] if words else target.run
-    found = shutil.which(program) if "/" not in program else str(root / program)
-    return Check("command", True, f"`{target.run}`" + (f": {program} -> {found}" if found else ""))
+    return os.path.normpath(script).replace(os.sep, "/") if script is not None else None
 
 
 def _git(root: Path, *args: str) -> str | None:

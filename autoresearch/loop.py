@@ -37,8 +37,8 @@ from autoresearch.gpus import check_workers, pin_env
 from autoresearch.runner import training_defaults, training_env
 from autoresearch.trainers import TrainJob, TrainOutput
 from autoresearch.tracking import NoTracking, open_tracking
-from autoresearch.trials import (Change, Launch, RunPaths, baseline_change, commit_message, make_row,
-                                 running_entries)
+from autoresearch.trials import (Change, Launch, RunPaths, baseline_change, baseline_crashed, commit_message,
+                                 make_row, running_entries)
 from autoresearch.trust import HANDOFF_ENV, Audited, drop_models, model_path, rebuild_hint
 from autoresearch import target as targets
 
@@ -394,9 +394,8 @@ class Run(opening.Lifecycle):
             raise AutoresearchError(f"the lab's cache changed during experiment {change.number} ({trained.reason}); "
                                     f"{rebuild_hint(self.trust.lab)}")
         if change.baseline and decision.status == "crash":
-            raise AutoresearchError(
-                f"the unmodified baseline crashed ({reason}); see {self.paths.log(change.number, trial)}, "
-                f"fix the {'lab' if self.target is None else 'program'}, then resume with: autoresearch run --tag {self.config.tag} --resume")
+            raise AutoresearchError(baseline_crashed(reason, self.paths.log(change.number, trial), self.config.tag,
+                                                     self.target is not None))
 
     def decide(self, change: Change, trained: Trained, earlier: list[float], trial: int) -> Decision:
         base = None if change.baseline else self.base_of(change)

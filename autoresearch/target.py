@@ -39,6 +39,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.records import COLUMNS
 
 FILE = "autoresearch.toml"
 DIRECTIONS = ("max", "min")
@@ -196,6 +197,9 @@ def parse_target(data: dict, root: Path, check_commands: bool = True) -> Target:
         raise AutoresearchError(f"{FILE}: `edit` is empty; {HINTS['edit']}")
     run = _text(table, "run")
     metric = _name(table, "metric")
+    if metric in COLUMNS:  # results.tsv names its second column after the metric: it must not clash
+        raise AutoresearchError(f"{FILE}: metric {metric!r} is also the name of a results.tsv column; print the "
+                                f"number under another name (e.g. {metric}_value) and set metric to it")
     direction = _text(table, "direction")
     if direction not in DIRECTIONS:
         raise AutoresearchError(f'{FILE}: direction must be "max" or "min", not {direction!r}')

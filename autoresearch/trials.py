@@ -131,6 +131,18 @@ def make_row(change: Change, trial: int, status: str, reason: str, result: RunRe
     )
 
 
+def baseline_crashed(reason: str, log: Path, tag: str, declared: bool) -> str:
+    """The one line that stops a run whose unmodified baseline crashed: where to look (the
+    audit's log when the audit failed) and how to go on. A declared target's run keeps its base
+    commit's files, so a fix to them needs a new tag; a fix to the machine needs only a resume."""
+    where = Path(log).parent / "audit.log" if reason.startswith("audit:") else log
+    resume = f"autoresearch run --tag {tag} --resume"
+    if declared:
+        return (f"the unmodified baseline crashed ({reason}); see {where}. A fix to the program's files: commit "
+                f"it and start a new --tag (this run keeps its base commit's files); a fix to the machine: {resume}")
+    return f"the unmodified baseline crashed ({reason}); see {where}, fix the lab, then resume with: {resume}"
+
+
 def commit_message(description: str, hypothesis: str, number: int, extra: str = "") -> str:
     return f"{one_line(description)}\n\n{hypothesis}\n\nExperiment: {number}\n{extra}"
 

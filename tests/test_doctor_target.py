@@ -203,3 +203,13 @@ def test_a_run_past_the_timeout_fails_naming_the_key(tmp_path):
     done = cli(repo, "doctor")
     line = assert_one_line_failure(done, "timeout: the dry run of `sleep 30 && python bench.py` did not finish in 1 s")
     assert "fix: raise `timeout` in autoresearch.toml" in line and not has_row(done, "dry run")
+
+
+def test_an_uncommitted_audit_script_fails_before_any_run(tmp_path):
+    repo = example("compress", tmp_path)
+    (repo / "audit_new.py").write_text("print('ok')\n")  # there, but not in the last commit a run uses
+    edit_toml(repo, 'run = "python bench.py"', 'run = "python bench.py"\naudit = "python audit_new.py"')
+    done = cli(repo, "doctor")
+    line = assert_one_line_failure(done, "command: audit_new.py, which `audit` runs, is not committed")
+    assert line.endswith("fix: git add audit_new.py && git commit")
+    assert not has_row(done, "dry run")

@@ -187,3 +187,25 @@ def test_proposal_keeps_train_py_and_files_consistent():
     assert p.train_py == "A = 3\n"
     q = Proposal("h", "d", files={"bot.py": "X = 1\n"})
     assert q.train_py == "" and q.files == {"bot.py": "X = 1\n"}
+
+
+def test_a_metric_named_like_a_results_column_is_refused_in_one_line(tmp_path):
+    from autoresearch.errors import AutoresearchError
+    from autoresearch.target import parse_target
+
+    (tmp_path / "p.py").write_text("X = 1\n")
+    table = {"target": {"edit": ["p.py"], "run": "true", "metric": "delta", "direction": "max"}}
+    with pytest.raises(AutoresearchError, match="'delta' is also the name of a results.tsv column"):
+        parse_target(table, tmp_path, check_commands=False)
+
+
+def test_a_crashed_baseline_says_where_to_look_and_how_to_go_on():
+    from pathlib import Path
+
+    from autoresearch.trials import baseline_crashed
+
+    log = Path("results/t/runs/0000/run.trial2.log")
+    audit = baseline_crashed("audit: `python a.py` exited 1: boom", log, "t", declared=True)
+    assert "see results/t/runs/0000/audit.log" in audit and "new --tag" in audit and "--resume" in audit
+    lab = baseline_crashed("exit 1: oops", log, "t", declared=False)
+    assert "see results/t/runs/0000/run.trial2.log, fix the lab" in lab
