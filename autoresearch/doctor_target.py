@@ -57,7 +57,7 @@ def preflight_run(config, target, proposer: str | None) -> list[Check]:
         from autoresearch.workspace import ensure_ignored
 
         ensure_ignored(git.Repo(config.repo_root))
-        prepared = Path(config.repo_root) / ".autoresearch" / "prepared" / config.tag
+        prepared = Path(config.repo_root) / ".autoresearch" / "prepared"
     if fresh:  # the one slow step of a start: say what it waits for
         first = f"`{target.prepare}`, then " if target.prepare else ""
         print(f"preflight: {first}one dry run of `{target.run}` (autoresearch doctor's checks) before anything "

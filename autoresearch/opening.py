@@ -252,7 +252,7 @@ class Lifecycle:
         self.fixed_files = {name: data for name, data in tree.items() if name not in self.edit}
         if self.target is not None and self.target.prepare:  # once per run; what it creates is fixed too
             self.fixed_files.update(prepare_files(
-                self.target, tree, Path(cfg.repo_root) / ".autoresearch" / "prepared" / cfg.tag,
+                self.target, tree, Path(cfg.repo_root) / ".autoresearch" / "prepared",
                 training_env(os.environ, self.lab.env()), self.paths.dir / "prepare.log", self.view.note))
         self.trust = open_trust(cfg, self.workspace, self.base, training_env(os.environ, self.lab.env()),
                                 self.view.note, self.target)

@@ -2,16 +2,19 @@
 
 What it is for: data to generate or download, a reference answer to compute, a tool to build; the
 lab's counterpart is `autoresearch prepare` (prepare.py). It runs in a folder of its own,
-.autoresearch/prepared/<tag>/tree, holding the run's base commit's files, unsandboxed and with
+.autoresearch/prepared/<key>/tree, holding the run's base commit's files, unsandboxed and with
 the network (it is the user's fixed code, not a proposal's). The files it creates there are fixed
 files of the run: every experiment's folder gets them, and an experiment that changes one is a
 crash. Large data belongs outside the repository (an absolute cache path the experiment reads),
 so what it leaves in the tree is capped at MAX_BYTES.
 
-It runs again only when something it depends on changed: the base commit, the command, or a
-prepared file gone. A resumed run reuses the folder.
+The key is a hash of the command and the tree, so it runs again only when one of them changed
+(or a prepared file is gone): a resumed run, the run after its preflight's dry run, and the arms
+of an A/B (which share their baseline) all reuse one result. A lock makes a second run wait for
+the first; a prepare that a killed harness left running is stopped before it runs again.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Mapping
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.process import kill_orphan
 from autoresearch.runner import run_training
 
 MAX_BYTES = 256 << 20  # what prepare may leave in the tree, in all (it travels with every experiment)
@@ -27,15 +31,23 @@ MIN_TIMEOUT = 3600.0  # seconds; a download takes longer than one experiment
 SKIPPED = ("__pycache__", ".git")
 
 
-def prepare_files(target, files: Mapping[str, bytes], folder: Path, env: Mapping[str, str], log: Path | None = None,
+def prepare_files(target, files: Mapping[str, bytes], root: Path, env: Mapping[str, str], log: Path | None = None,
                   note=None) -> dict[str, bytes]:
-    """Run `target.prepare` once in `folder`/tree, which holds `files` (the base commit's tree),
-    and return the files it created, by relative path. Its output is `folder`/prepare.log, copied
-    to `log` when given. A failure is an AutoresearchError of one line naming the log. The same
-    tree and command again (a resume; a run after its preflight's dry run) reuse the result."""
-    folder = Path(folder)
-    tree, stamp, own_log = folder / "tree", folder / "prepared.json", folder / "prepare.log"
+    """Run `target.prepare` once in root/<key>/tree, which holds `files` (the base commit's tree),
+    and return the files it created, by relative path. Its output is root/<key>/prepare.log,
+    copied to `log` when given. A failure is an AutoresearchError of one line naming the log.
+    The same command and tree again reuse the result (the module's docstring)."""
     key = _key(target.prepare, files)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{key[:16]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run preparing the same: wait for its result
+        return _prepare(target, files, root / key[:16], key, env, log, note)
+
+
+def _prepare(target, files: Mapping[str, bytes], folder: Path, key: str, env: Mapping[str, str], log: Path | None,
+             note) -> dict[str, bytes]:
+    tree, stamp, own_log = folder / "tree", folder / "prepared.json", folder / "prepare.log"
     if stamp.is_file():
         try:
             done = json.loads(stamp.read_text())
@@ -45,6 +57,7 @@ def prepare_files(target, files: Mapping[str, bytes], folder: Path, env: Mapping
                 return created
         except (ValueError, KeyError, OSError):
             pass  # anything unreadable or missing: prepare again
+    kill_orphan(folder / "prepare.json")  # a killed harness's prepare, still running
     if folder.exists():
         shutil.rmtree(folder)
     tree.mkdir(parents=True)
@@ -55,7 +68,8 @@ def prepare_files(target, files: Mapping[str, bytes], folder: Path, env: Mapping
     if note is not None:
         note(f"prepare: running `{target.prepare}` once (log: {log or own_log})")
     timeout = max(MIN_TIMEOUT, target.timeout)
-    result = run_training(tree, own_log, timeout, dict(env), command=["/bin/sh", "-c", target.prepare])
+    result = run_training(tree, own_log, timeout, dict(env), command=["/bin/sh", "-c", target.prepare],
+                          pid_file=folder / "prepare.json")
     _copy_log(own_log, log)
     log = log or own_log
     if result.status == "timeout":

@@ -344,3 +344,43 @@ def test_ray_workers_get_the_whole_tree_with_what_prepare_made(tmp_path):
     got = rows(repo, "ray")
     assert len({r.experiment for r in got}) == 3 and all(r.status != "crash" for r in got)  # data.txt reached them
     assert counter.read_text() == "ran\n"
+
+
+def living(pid: int) -> bool:
+    """Alive and not a zombie waiting for a parent (init) to reap it, after a moment to die in."""
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_prepare_left_running_by_a_killed_harness_is_stopped_and_a_new_tag_reuses_a_result(tmp_path):
+    repo, counter = prepared_repo(tmp_path)
+    make = repo / "make_data.py"
+    make.write_text(make.read_text().replace("import sys\n", "import sys, time\ntime.sleep(float(__import__('os').environ.get('PREP_SLEEP', '0')))\n"))
+    commit_all(repo)
+    args = [sys.executable, "-m", "autoresearch", "run", "--tag", "k", "--proposer", "hparam", "--max-experiments", "1"]
+    proc = subprocess.Popen(args, cwd=repo, env={**env(), "PREP_SLEEP": "60"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    pid_files = repo / ".autoresearch" / "prepared"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(pid_files.glob("*/prepare.json")):
+        time.sleep(0.05)
+    assert list(pid_files.glob("*/prepare.json")), "prepare never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    orphans = subprocess.run(["pgrep", "-f", "make_data.py"], capture_output=True, text=True).stdout.split()
+    assert orphans, "the sleeping prepare should outlive the killed harness"
+    done = cli(repo, "run", "--tag", "k", "--proposer", "hparam", "--max-experiments", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not [p for p in orphans if living(int(p))]  # stopped, not left to race the new prepare
+    assert counter.read_text() == "ran\n"  # the killed one slept until it was stopped; the new one ran
+    other = cli(repo, "run", "--tag", "k2", "--proposer", "hparam", "--max-experiments", "1")
+    assert other.returncode == 0 and counter.read_text() == "ran\n"  # same command, same tree: reused
