@@ -101,7 +101,8 @@ def open_trust(config: RunConfig, workspace: Workspace, base: str, env: dict, no
     scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
     if target is not None and not target.lab:
         return Trust.open_declared("off" if target.network and config.sandbox == "auto" else config.sandbox,
-                                   scratch, note, target, config.audit)
+                                   scratch, note, target, config.audit, Path(config.repo_root) / ".autoresearch"
+                                   / "workers" / config.tag)
     try:
         prepare_py = workspace.repo.git.show(f"{base}:prepare.py")
     except GitCommandError:

@@ -17,6 +17,7 @@ start, `--audit off` runs without the audit and every row says `audit=off`.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,7 +121,7 @@ class Trust:
 
     @classmethod
     def open_declared(cls, sandbox: str, scratch: Path, note: Callable[[str], None], target,
-                      audit: str = "on") -> "Trust":
+                      audit: str = "on", audit_root: Path | None = None) -> "Trust":
         """A declared target's: the sandbox as --sandbox says, no cache guard (the lab's), and
         its `audit` command on every keep when it declares one (`--audit off` skips it). The
         sandbox always cuts the network, so `network = true` runs unsandboxed (refused with
@@ -136,6 +137,9 @@ class Trust:
             note("warning: --audit off: the target's audit command is not run (every row says audit=off)")
         trust = cls(bool(target.audit) and audit != "off", box, None, None, "", scratch)
         trust.declared, trust.target = True, target
+        # The audit runs as a worker of the run would (so a killed run's is reaped at the next
+        # start), outside `scratch`, which sandboxed trainings may write to.
+        trust.audit_root = Path(audit_root) if audit_root is not None else Path(scratch) / "audit"
         return trust
 
     def heldout_paths(self) -> list[Path]:
@@ -191,7 +195,7 @@ class Trust:
         """Re-evaluate the handed-over model with the base commit's prepare.py (val and held-out);
         a declared target: run its audit command on `files` (audit_command), its output to `log`."""
         if self.declared:
-            return audit_command(self.target, files, env, self.scratch / "audit", log, self.command)
+            return audit_command(self.target, files, env, self.audit_root, log, self.command)
         result = audit_model(self.prepare_py, model_path, env)
         if result.error:
             return Audited(result, False, f"audit: {result.error}")
@@ -216,7 +220,10 @@ def audit_command(target, files: dict, env: Mapping[str, str], scratch: Path, lo
     from autoresearch.trainers import LocalTrainer, TrainJob
 
     trainer = LocalTrainer("audit", scratch_root=scratch, base_env=env, wrap=wrap)
-    output = trainer.run(TrainJob(0, 0, None, files, {}, target.timeout, command=["/bin/sh", "-c", target.audit]))
+    try:
+        output = trainer.run(TrainJob(0, 0, None, files, {}, target.timeout, command=["/bin/sh", "-c", target.audit]))
+    finally:
+        shutil.rmtree(trainer.folder, ignore_errors=True)
     text = output.log.decode("utf-8", "replace")
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)

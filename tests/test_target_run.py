@@ -384,3 +384,25 @@ def test_a_prepare_left_running_by_a_killed_harness_is_stopped_and_a_new_tag_reu
     assert counter.read_text() == "ran\n"  # the killed one slept until it was stopped; the new one ran
     other = cli(repo, "run", "--tag", "k2", "--proposer", "hparam", "--max-experiments", "1")
     assert other.returncode == 0 and counter.read_text() == "ran\n"  # same command, same tree: reused
+
+
+def test_an_audit_left_running_by_a_killed_harness_is_stopped_on_resume(tmp_path):
+    slow = "import time\ntime.sleep(60)\n"
+    repo, agent = scripted(tmp_path, ideas=AUDITED_IDEAS, extra='audit = "python slow_audit.py"\n')
+    (repo / "slow_audit.py").write_text(slow)
+    commit_all(repo)
+    args = [sys.executable, "-m", "autoresearch", "run", "--tag", "a", "--proposer", "command", "--command", agent,
+            "--max-experiments", "2"]
+    proc = subprocess.Popen(args, cwd=repo, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline, audits = time.monotonic() + 60, []
+    while time.monotonic() < deadline and not audits:
+        audits = subprocess.run(["pgrep", "-f", "slow_audit.py"], capture_output=True, text=True).stdout.split()
+        time.sleep(0.05)
+    assert audits, "the baseline's audit never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = cli(repo, "run", "--tag", "a", "--proposer", "command", "--command", agent, "--max-experiments", "1",
+               "--resume", timeout=60)
+    assert "stopped" in done.stdout + done.stderr  # "stopped N training process(es) a killed run left behind"
+    assert not [p for p in audits if living(int(p))]
