@@ -172,7 +172,8 @@ def _table(headers: list[str], rows: list[list[str]], raw: frozenset = frozenset
 
 def kept_html(s: dict) -> list[str]:
     """The kept chain with its evidence: the mean it was kept on, trials, gain (also in sigma),
-    the audit and the held-out number."""
+    the audit and the held-out number (a declared target: the audit, its value if it printed
+    one, and the other metrics the run recorded)."""
     rows = []
     for k in s["kept"]:
         audit = k.get("audit") or "-"
@@ -183,9 +184,10 @@ def kept_html(s: dict) -> list[str]:
                      _bpb(k.get("audit_val_bpb")), _bpb(k.get("heldout_bpb")), k["description"] or ""])
     headers = ["experiment", "commit", "decided on", "gain", "x sigma", "", "audit", "audited val", "held-out",
                "description"]
-    if (s.get("metric") or "val_bpb") != "val_bpb":  # a declared target has no audit or held-out split
-        headers = headers[:6] + headers[9:]
-        rows = [row[:6] + row[9:] for row in rows]
+    if (s.get("metric") or "val_bpb") != "val_bpb":  # a declared target: its audit command, no held-out split
+        headers = headers[:7] + ["audit's value", "other metrics", "description"]
+        rows = [row[:7] + [_bpb(k.get("audit_val_bpb")), k.get("metrics") or "-", row[9]]
+                for row, k in zip(rows, s["kept"])]
     gain = "this one - previous kept mean" if s.get("higher_is_better") else "previous kept mean - this one"
     return [f"<h2>Kept chain (each kept on the mean of its trials; gain = {gain})</h2>", _table(headers, rows)]
 

@@ -92,6 +92,8 @@ def test_compress_min_deterministic_end_to_end_and_report(tmp_path):
     assert "ratio (lower is better)" in report.stdout and "baseline ratio" in report.stdout
     assert "other metrics" in report.stdout and "compress_seconds=" in report.stdout  # secondary, per kept row
     assert "the command ran" in report.stdout and "training" not in report.stdout.split("Kept experiments")[0]
+    page = (repo / "results" / "c" / "report.html").read_text()
+    assert "other metrics" in page and "compress_seconds=" in page
 
 
 def test_life_max_two_workers_end_to_end_and_report(tmp_path):
