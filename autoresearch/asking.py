@@ -40,7 +40,7 @@ from typing import Callable
 from autoresearch import proposal_log
 from autoresearch.process import AGENT_MARKER, kill_marked
 from autoresearch.proposers import Context, Proposal, ProposerError, Usage
-from autoresearch.proposers.base import NothingEdited
+from autoresearch.proposers.base import Exhausted, NothingEdited
 
 CANCEL_JOIN_SECONDS = 10.0  # a cancelled agent is killed at once; an HTTP call may not return
 SPECULATION_LABELS = ("fresh", "used", "rebased", "discarded-asked-again", "failed-asked-again")
@@ -259,6 +259,7 @@ class Asking:
     ask_ended: threading.Event = field(default_factory=threading.Event)
     edit: tuple[str, ...] = ("train.py",)  # the files a proposal may change
     fixed_is_crash: bool = False  # a declared target: an idea changing a fixed file is a crash row (Asker)
+    exhausted: bool = False  # the last ask failed with proposers.Exhausted
 
     def wait(self, timeout: float) -> None:
         """Until an ask ends (or `timeout`)."""
@@ -287,11 +288,13 @@ class Asking:
 
     def succeeded(self) -> None:
         self.failures_in_a_row = self.pauses = 0
+        self.exhausted = False
 
     def failed(self, n: int, err: ProposerError, record: dict) -> None:
         """A failed ask: counted (in a row, and its cost in run.json) and kept in proposal.json;
         one too many in a row pauses new asks (run.json says `paused` until they resume)."""
         self.view.failed_cost(self.ledger.count_failed_proposal(err.usage.cost_usd))
+        self.exhausted = isinstance(err, Exhausted)  # the loop ends the run once nothing else is left
         record.setdefault("failures", []).append(proposal_log.failure_record(err))
         folder = self.run_dir(n)
         folder.mkdir(parents=True, exist_ok=True)

@@ -145,12 +145,14 @@ class Run(opening.Lifecycle):
             self.wait()
 
     def hard_limit(self) -> str | None:
-        """--max-hours or --max-cost."""
+        """--max-hours, --max-cost, or a proposer with nothing left to try (and nothing in flight)."""
         cfg = self.config
         if cfg.max_hours is not None and time.monotonic() - self.started >= cfg.max_hours * 3600:
             return f"--max-hours {cfg.max_hours:g}"
         if cfg.max_cost is not None and self.ledger.total_cost() >= cfg.max_cost:
             return f"--max-cost {cfg.max_cost:g} (spent ${self.ledger.total_cost():.4f})"
+        if self.asking.exhausted and not self.in_flight() and not self.ledger.undecided():
+            return "the proposer has nothing left to try"
         return None
 
     def room(self) -> int | None:

@@ -408,3 +408,19 @@ def test_an_audit_left_running_by_a_killed_harness_is_stopped_on_resume(tmp_path
                "--resume", timeout=60)
     assert "stopped" in done.stdout + done.stderr  # "stopped N training process(es) a killed run left behind"
     assert not [p for p in audits if living(int(p))]
+
+
+def test_a_run_ends_when_hparam_has_nothing_left_to_try(tmp_path):
+    repo = tmp_path / "flat"
+    repo.mkdir()
+    (repo / "program.py").write_text("VALUE = 10\n")
+    (repo / "bench.py").write_text("import program\nprint(f'distance: {abs(program.VALUE - 10)}')\n")
+    (repo / "autoresearch.toml").write_text(
+        '[target]\nedit = ["program.py"]\nrun = "python bench.py"\nmetric = "distance"\ndirection = "min"\n')
+    commit_all(repo)
+    done = cli(repo, "run", "--tag", "x", "--proposer", "hparam", "--seed", "0", timeout=120)  # no limit given
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "done (the proposer has nothing left to try)" in done.stdout
+    got = decided(rows(repo, "x"))
+    assert got[0].status == "keep" and all(r.status == "discard" for n, r in got.items() if n)
+    assert "paused" not in done.stdout

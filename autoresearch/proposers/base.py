@@ -111,6 +111,12 @@ class ProposerError(Exception):
         self.raw = raw
 
 
+class Exhausted(ProposerError):
+    """The proposer has nothing left to propose from this history (hparam: every nearby value
+    tried). Final only when nothing is in flight: a keep still to come may open new ground, so
+    the loop ends the run (rather than pausing and asking forever) once nothing else is left."""
+
+
 class NothingEdited(ProposerError):
     """An agent ended well but left every edit file as it was. `proposal` is what it said it did
     (its files empty): the asker may find it changed a fixed file instead, which a declared

@@ -28,7 +28,8 @@ import re
 from dataclasses import dataclass
 
 from autoresearch.edits import EditBlock, EditError, apply_file_blocks, check_syntax
-from autoresearch.proposers.base import REGISTRY, Context, Proposal, Proposer, ProposerError, ProposerOptions
+from autoresearch.proposers.base import (REGISTRY, Context, Exhausted, Proposal, Proposer, ProposerError,
+                                         ProposerOptions)
 
 FLOAT_FACTORS = (0.5, 0.7, 1.4, 2.0)
 ZERO_FLOAT_STEPS = (0.01, 0.05, 0.1)
@@ -220,7 +221,7 @@ def choose(params: list[Param], history: list[dict], rng: random.Random) -> tupl
     tried = tried_pairs(history)
     fresh = [c for p in params for c in candidates(p) if (p.name, _numeric(c)) not in tried]
     if not fresh:
-        raise ProposerError("hparam: every nearby value of every hyperparameter was already tried")
+        raise Exhausted("hparam: every nearby value of every hyperparameter was already tried")
     move = _last_kept_move(history)
     if move and rng.random() < 0.5:
         onward = [c for c in fresh if c.param.name == move[0] and c.direction == move[1]]
