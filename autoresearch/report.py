@@ -188,7 +188,7 @@ def run_sections(s: dict, top: int) -> list[Section]:
     t, u = s["timing"], s["usage"]
     if t["elapsed_hours"] is not None or t["mean_wall_seconds"] is not None:
         overview.pairs += [
-            ("elapsed", _num(t["elapsed_hours"], "{:.2f} h")),
+            ("elapsed", "-" if t["elapsed_hours"] is None else duration(t["elapsed_hours"] * 3600)),
             ("experiments per hour", _num(t["experiments_per_hour"], "{:.1f}")),
             ("mean wall per experiment", _num(t["mean_wall_seconds"], "{:.1f} s")),
         ]
