@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.records import COLUMNS, SCHEMA, ResultsFile, RunLock, RunState
+from autoresearch.records import COLUMNS, SCHEMA, ResultsFile, RunLock, RunState, parse_metrics
 
 PLACEHOLDERS = COLUMNS[1:3]  # the metric and memory_gb: a crash reads 0 there (upstream), not a measurement
 IDENTITY = ("experiment", "trial", "seed")  # which run and which step, not measurements
@@ -70,15 +70,17 @@ def recorded(row: dict) -> dict:
 def measurements(row: dict) -> dict[str, float]:
     """Every finite number of the row but its identity (and a crash's placeholder zeros)."""
     crash = row.get("status") == "crash"
-    return {key: float(value) for key, value in row.items()
-            if key not in IDENTITY and not (crash and key in PLACEHOLDERS)
-            and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    out = {key: float(value) for key, value in row.items()
+           if key not in IDENTITY and not (crash and key in PLACEHOLDERS)
+           and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    others = parse_metrics(row.get("metrics") or "")  # a declared target's other metrics, as numbers
+    return {**{k: v for k, v in others.items() if k not in out and math.isfinite(v)}, **out}
 
 
 def texts(row: dict) -> dict[str, str]:
     """The row's non-empty text (status, reason, hypothesis, ...), clipped for tag limits."""
     return {key: _clip(value) for key, value in row.items()
-            if isinstance(value, str) and value and key not in PARAMS}
+            if isinstance(value, str) and value and key not in PARAMS and key != "metrics"}
 
 
 def params(row: dict, tag: str, base: str) -> dict[str, str]:

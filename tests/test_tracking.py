@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.records import Row
-from autoresearch.tracking import Tracker, Tracking, recorded, send
+from autoresearch.tracking import Tracker, Tracking, measurements, recorded, send, texts
 from standin import make_lab
 from track_lab import lab_env, run_cli, run_lab
 
@@ -132,3 +132,11 @@ def test_bad_tracker_names_are_one_line_errors(tmp_repo, tmp_path):
     assert done.returncode == 1 and done.stderr == "error: bad --track 'tensorboard': use mlflow or wandb\n"
     exported = run_cli(lab, env, "export", "--tag", "t", "--to", "neptune")
     assert exported.returncode == 1 and exported.stderr == "error: bad --to 'neptune': use mlflow or wandb\n"
+
+
+def test_a_declared_targets_other_metrics_are_logged_as_numbers_not_as_a_tag():
+    row = {"experiment": 3, "status": "keep", "val_bpb": 0.71, "metrics": "compress_seconds=0.137 peak_mb=512",
+           "reason": "a clear win"}
+    got = measurements(row)
+    assert got["compress_seconds"] == 0.137 and got["peak_mb"] == 512.0 and got["val_bpb"] == 0.71
+    assert "metrics" not in texts(row) and texts(row)["reason"] == "a clear win"
