@@ -252,8 +252,7 @@ def _check_sandbox(target, sandbox: str, scratch: Path):
 
     notes = []
     try:
-        trust = Trust.open_declared("off" if target.network and sandbox == "auto" else sandbox, scratch,
-                                    notes.append, target)
+        trust = Trust.open_declared(sandbox, scratch, notes.append, target)
     except AutoresearchError as err:
         return None, Check("sandbox", False, *_split(str(err), "pass --sandbox off"))
     if trust.sandbox is not None:

@@ -282,8 +282,8 @@ class Run(opening.Lifecycle):
                            command=self.config.training_command,
                            outputs={HANDOFF_ENV: MODEL_FILE} if self.trust.audit else {})
         else:  # the whole tree: the fixed files of the run's base, the candidate's edit files
-            files = {**self.fixed_files, **self.files_at(launch.change.commit)}
-            job = TrainJob(n, trial, None, files, env, self.target.timeout, command=self.target.argv())
+            job = TrainJob(n, trial, None, self.tree_at(launch.change.commit), env, self.target.timeout,
+                           command=self.target.argv())
         if self.watching:
             self.trust.before_run(None)
         self.running[self.pool.submit(job)] = launch
@@ -430,8 +430,8 @@ class Run(opening.Lifecycle):
             env.update(training_defaults(env))
             if gpu is not None:
                 env.update(pin_env(gpu, env))  # in the order the workers are pinned in
-            audited = self.trust.audit_keep(trained.model, trained.val_bpb, env, self.target and {
-                **self.fixed_files, **self.files_at(launch.change.commit)}, self.paths.run_dir(launch.change.number) / "audit.log")
+            audited = self.trust.audit_keep(trained.model, trained.val_bpb, env, self.target and self.tree_at(
+                launch.change.commit), self.paths.run_dir(launch.change.number) / "audit.log")
         if not audited.ok or audited.result.val_bpb is None:  # (a declared audit: a check, never re-decided)
             return (decided if audited.ok else Decision("crash", audited.reason)), audited
         trained.val_bpb = round(audited.result.val_bpb, 6)

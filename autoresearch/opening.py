@@ -100,9 +100,8 @@ def open_trust(config: RunConfig, workspace: Workspace, base: str, env: dict, no
     and its own `audit` command (rows say audit=none without one); no cache guard (the lab's)."""
     scratch = Path(config.repo_root) / ".autoresearch" / "scratch" / config.tag
     if target is not None and not target.lab:
-        return Trust.open_declared("off" if target.network and config.sandbox == "auto" else config.sandbox,
-                                   scratch, note, target, config.audit, Path(config.repo_root) / ".autoresearch"
-                                   / "workers" / config.tag)
+        return Trust.open_declared(config.sandbox, scratch, note, target, config.audit,  # (network = true: unsandboxed)
+                                   Path(config.repo_root) / ".autoresearch" / "workers" / config.tag)
     try:
         prepare_py = workspace.repo.git.show(f"{base}:prepare.py")
     except GitCommandError:
@@ -262,6 +261,11 @@ class Lifecycle:
         self.watching = (self.pool.size == 1 and self.trust.sandbox is None and cfg.ray is None
                          and bool(self.trust.heldout_paths()))
         self.ledger.save_state(workers=self.pool.size)
+
+    def tree_at(self, commit: str) -> dict:
+        """A declared target's whole tree for `commit`: the run's fixed files (the base commit's,
+        and what `prepare` made) with the commit's edit files."""
+        return {**self.fixed_files, **self.files_at(commit)}
 
     def wind_down(self) -> None:
         """A hard limit: asks cancelled, ideas and launches not yet training dropped (what they

@@ -64,7 +64,7 @@ def _prepare(target, files: Mapping[str, bytes], folder: Path, key: str, env: Ma
     for name, data in files.items():
         path = tree / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        path.write_bytes(_bytes(data))
     if note is not None:
         note(f"prepare: running `{target.prepare}` once (log: {log or own_log})")
     timeout = max(MIN_TIMEOUT, target.timeout)

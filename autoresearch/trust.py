@@ -95,6 +95,7 @@ class Trust:
         self.watch: HeldoutWatch | None = None
         self.declared = False  # a declared target's: its audit is its `audit` command, if any
         self.target = None  # that target (target.Target)
+        self.audit_root: Path | None = None  # where that target's audit runs (open_declared)
 
     @classmethod
     def open(cls, audit: str, sandbox: str, prepare_py: str, env: Mapping[str, str], scratch: Path,
